@@ -1,0 +1,45 @@
+"""sa-token: consume projected, rotating Kubernetes ServiceAccount tokens correctly.
+
+>>> from sa_token import TokenSource
+>>> src = TokenSource("/var/run/secrets/tokens/vault", audience="vault")
+>>> headers = {"Authorization": f"Bearer {src.token()}"}
+
+Integrations live in their own modules and import their library lazily:
+``sa_token.requests``, ``sa_token.httpx``, ``sa_token.kubernetes`` (and ``.aio``),
+``sa_token.kubernetes_asyncio``. The test kit is ``sa_token.testing``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._source import DEFAULT_TOKEN_PATH, TokenSource
+from ._token import Token
+from ._version import __version__
+from .errors import (
+    AudienceMismatchError,
+    IssuerMismatchError,
+    MalformedTokenError,
+    TokenError,
+    TokenExpiredError,
+    TokenFileError,
+    TokenNotYetValidError,
+    TokenValidationError,
+)
+
+__all__ = [
+    "DEFAULT_TOKEN_PATH",
+    "AudienceMismatchError",
+    "IssuerMismatchError",
+    "MalformedTokenError",
+    "Token",
+    "TokenError",
+    "TokenExpiredError",
+    "TokenFileError",
+    "TokenNotYetValidError",
+    "TokenSource",
+    "TokenValidationError",
+    "__version__",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

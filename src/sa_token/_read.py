@@ -1,0 +1,130 @@
+"""Reading a token file safely: regular files only, bounded size, one clear error per cause."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import stat
+
+from ._token import Token, parse_token
+from .errors import MalformedTokenError, TokenFileError
+
+__all__ = ["MAX_TOKEN_BYTES", "read_token_file"]
+
+# A bound ServiceAccount JWT is about 1 KiB; 64 KiB leaves room for any claim set a cluster adds
+# while refusing to load a file that is obviously not a token (a log, a core dump...).
+MAX_TOKEN_BYTES = 64 * 1024
+# The kubelet deletes the old timestamped directory right after the ..data swap; a read that
+# resolved ..data just before the swap can hit ENOENT. The new generation is already published,
+# so an immediate retry reads it. Three attempts cover back-to-back swaps.
+_READ_ATTEMPTS = 3
+
+
+def read_token_file(path: str) -> Token:
+    """Read, strip and parse the token at ``path`` (symlinks followed).
+
+    Raises :class:`TokenFileError` (missing, unreadable, not a regular file, empty, too large)
+    or :class:`MalformedTokenError`; messages name the path and never contain the token.
+    """
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            raw = _read_bytes(path)
+            break
+        except FileNotFoundError as exc:
+            if attempt == _READ_ATTEMPTS - 1:
+                raise _file_error(path, exc) from None
+        except OSError as exc:
+            raise _file_error(path, exc) from None
+    text = raw.strip()
+    if not text:
+        raise TokenFileError(
+            f"token file {path} is empty{' (whitespace only)' if raw else ''}; "
+            "the kubelet may be mid-write, or the volume is not a ServiceAccount token volume",
+            path=path,
+        )
+    try:
+        value = text.decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedTokenError(
+            f"token file {path} is not a JWT: it contains non-ASCII bytes", path=path
+        ) from None
+    return parse_token(value, path=path)
+
+
+def _read_bytes(path: str) -> bytes:
+    # O_NONBLOCK: a FIFO or device at the path must not hang the caller.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise IsADirectoryError(_errno.EISDIR, kind) if stat.S_ISDIR(st.st_mode) else OSError(
+                _errno.EINVAL, kind
+            )
+        if st.st_size > MAX_TOKEN_BYTES:
+            raise _TooLarge(st.st_size)
+        chunks = []
+        remaining = MAX_TOKEN_BYTES + 1
+        while remaining > 0:
+            chunk = os.read(fd, remaining)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > MAX_TOKEN_BYTES:
+            raise _TooLarge(len(data))
+        return data
+    finally:
+        os.close(fd)
+
+
+class _TooLarge(OSError):
+    def __init__(self, size: int) -> None:
+        super().__init__(_errno.EFBIG, "too large")
+        self.size = size
+
+
+def _file_error(path: str, exc: OSError) -> TokenFileError:
+    if isinstance(exc, _TooLarge):
+        return TokenFileError(
+            f"token file {path} is {exc.size} bytes, larger than any JWT (limit {MAX_TOKEN_BYTES}); "
+            "check that the path points at a ServiceAccount token",
+            path=path,
+        )
+    code = exc.errno
+    if isinstance(exc, FileNotFoundError):
+        hint = (
+            "check the path; in a pod, mount a projected serviceAccountToken volume there "
+            "(automountServiceAccountToken must not be false)"
+        )
+        if os.path.islink(path):
+            hint = "it is a dangling symlink (the projected volume's ..data target is gone)"
+        return TokenFileError(f"token file {path} does not exist: {hint}", path=path, errno=code)
+    if isinstance(exc, PermissionError):
+        return TokenFileError(f"cannot read token file {path}: {_permission_hint(path)}", path=path, errno=code)
+    if isinstance(exc, IsADirectoryError):
+        return TokenFileError(
+            f"token file {path} is a directory, not a file; point at the token inside the volume",
+            path=path,
+            errno=code,
+        )
+    if code == _errno.ELOOP:
+        return TokenFileError(f"token file {path} is a symlink loop", path=path, errno=code)
+    if code == _errno.EINVAL:
+        return TokenFileError(f"token file {path} is not a regular file", path=path, errno=code)
+    reason = os.strerror(code) if code else type(exc).__name__
+    return TokenFileError(f"cannot read token file {path}: {reason}", path=path, errno=code)
+
+
+def _permission_hint(path: str) -> str:
+    try:
+        st = os.stat(path)
+        owner = f"mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid} gid {st.st_gid}"
+    except OSError:
+        owner = "mode unknown"
+    me = f"this process runs as uid {os.geteuid()} gid {os.getegid()}" if hasattr(os, "geteuid") else ""
+    return (
+        f"permission denied ({owner}; {me}). Projected tokens are 0600, or 0640 with fsGroup: "
+        "run as the file's owner (runAsUser) or set the pod's securityContext.fsGroup"
+    )

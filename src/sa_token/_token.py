@@ -1,0 +1,251 @@
+"""``Token``: one parsed projected ServiceAccount token (immutable), and its parser.
+
+The parser decodes the JWT without verifying its signature: a pod has no access to the API
+server's signing key, and the server checks the signature anyway. What it checks locally is
+the shape of the claims, so a garbled file is refused with a clear error instead of being sent.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping, Optional
+
+import jwt
+
+from .errors import MalformedTokenError
+
+__all__ = ["Token", "parse_token"]
+
+# The kubelet rotates a projected token once 80% of its lifetime has passed
+# (token_manager.go requiresRefresh: exp - 20% of expirationSeconds)...
+ROTATION_FRACTION = 0.8
+# ...or once it is older than 24 h (maxTTL), whatever its lifetime.
+MAX_ROTATION_AGE = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Token:
+    """A parsed ServiceAccount token. Immutable; ``repr``/``str`` never show ``value``.
+
+    Times are aware UTC datetimes, or ``None`` when the claim is absent (legacy Secret-based
+    tokens have no ``exp``: they never expire, ``expires_at`` is ``None``).
+    """
+
+    value: str = field(repr=False)
+    """The raw JWT, what goes after ``Bearer``. Secret: never log it."""
+    claims: Mapping[str, Any] = field(repr=False)
+    """The decoded, unverified payload."""
+    header: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    """The decoded JOSE header (``alg``, ``kid``)."""
+
+    @property
+    def issuer(self) -> Optional[str]:
+        return self.claims.get("iss")
+
+    @property
+    def subject(self) -> Optional[str]:
+        return self.claims.get("sub")
+
+    @property
+    def audiences(self) -> tuple[str, ...]:
+        aud = self.claims.get("aud")
+        if aud is None:
+            return ()
+        return (aud,) if isinstance(aud, str) else tuple(aud)
+
+    @property
+    def issued_at(self) -> Optional[datetime]:
+        return _dt(self.claims.get("iat"))
+
+    @property
+    def not_before(self) -> Optional[datetime]:
+        return _dt(self.claims.get("nbf"))
+
+    @property
+    def expires_at(self) -> Optional[datetime]:
+        return _dt(self.claims.get("exp"))
+
+    @property
+    def warn_after(self) -> Optional[datetime]:
+        """``kubernetes.io.warnafter``: for admission-injected tokens whose ``exp`` the API server
+        extended to a year, the time the kubelet really treats as the end of the lifetime."""
+        return _dt(self._k8s.get("warnafter"))
+
+    @property
+    def _k8s(self) -> Mapping[str, Any]:
+        k8s = self.claims.get("kubernetes.io")
+        return k8s if isinstance(k8s, Mapping) else {}
+
+    @property
+    def namespace(self) -> Optional[str]:
+        ns = self._k8s.get("namespace")
+        if ns is None:  # legacy Secret-based token: flat claims
+            ns = self.claims.get("kubernetes.io/serviceaccount/namespace")
+        return ns if isinstance(ns, str) else None
+
+    @property
+    def service_account(self) -> Optional[str]:
+        return self._named("serviceaccount", "kubernetes.io/serviceaccount/service-account.name")
+
+    @property
+    def pod(self) -> Optional[str]:
+        return self._named("pod", None)
+
+    @property
+    def node(self) -> Optional[str]:
+        return self._named("node", None)
+
+    def _named(self, key: str, legacy: Optional[str]) -> Optional[str]:
+        obj = self._k8s.get(key)
+        name = obj.get("name") if isinstance(obj, Mapping) else None
+        if name is None and legacy is not None:
+            name = self.claims.get(legacy)
+        return name if isinstance(name, str) else None
+
+    @property
+    def lifetime(self) -> Optional[timedelta]:
+        """How long the kubelet considers the token valid: ``warnafter`` (or ``exp``) minus
+        ``iat`` (or ``nbf``). ``None`` for a token without ``exp``."""
+        start = self._start
+        end = self._end
+        if start is None or end is None:
+            return None
+        return timedelta(seconds=end - start)
+
+    def remaining(self, now: Optional[float] = None) -> Optional[timedelta]:
+        """Time left until ``exp`` (negative once expired), ``None`` without ``exp``.
+        ``now`` is a POSIX timestamp, the current time by default."""
+        exp = self.claims.get("exp")
+        if exp is None:
+            return None
+        return timedelta(seconds=exp - (_now() if now is None else now))
+
+    @property
+    def rotation_due_at(self) -> Optional[datetime]:
+        """When the kubelet will rotate this token: 80% of its lifetime, at most 24 h after issue."""
+        ts = self._rotation_ts
+        return None if ts is None else _dt(ts)
+
+    @property
+    def _start(self) -> Optional[float]:
+        start = self.claims.get("iat")
+        return self.claims.get("nbf") if start is None else start
+
+    @property
+    def _end(self) -> Optional[float]:
+        end = self._k8s.get("warnafter")
+        if not _is_number(end):
+            end = self.claims.get("exp")
+        return end
+
+    @property
+    def _rotation_ts(self) -> Optional[float]:
+        start, end = self._start, self._end
+        if start is None or end is None:
+            return None
+        return min(start + ROTATION_FRACTION * (end - start), start + MAX_ROTATION_AGE)
+
+    @property
+    def _exp_ts(self) -> float:
+        exp = self.claims.get("exp")
+        return math.inf if exp is None else float(exp)
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    def __repr__(self) -> str:
+        parts = [f"sub={self.subject!r}", f"aud={list(self.audiences)!r}"]
+        exp = self.expires_at
+        parts.append(f"expires_at={exp.isoformat() if exp else None!r}")
+        return f"Token({', '.join(parts)})"
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _dt(v: object) -> Optional[datetime]:
+    if not _is_number(v):
+        return None
+    try:
+        return datetime.fromtimestamp(float(v), tz=timezone.utc)  # type: ignore[arg-type]
+    except (OverflowError, OSError, ValueError):
+        return datetime.max.replace(tzinfo=timezone.utc) if float(v) > 0 else datetime.min.replace(  # type: ignore[arg-type]
+            tzinfo=timezone.utc
+        )
+
+
+_NUMERIC = ("exp", "nbf", "iat")
+_STRINGS = ("iss", "sub", "jti")
+
+
+def parse_token(value: str, *, path: Optional[str] = None) -> Token:
+    """Decode ``value`` (a JWT, signature not verified) and check its claims' types.
+
+    Raises :class:`MalformedTokenError` naming ``path`` and the cause, never the token.
+    """
+    where = f"{path}: " if path else ""
+    if value.count(".") != 2:
+        raise MalformedTokenError(
+            f"{where}not a JWT: expected three dot-separated parts, found {value.count('.') + 1}; "
+            "check that the path points at a ServiceAccount token file",
+            path=path,
+        )
+    try:
+        decoded = jwt.api_jwt.decode_complete(value, options={"verify_signature": False})
+    except jwt.exceptions.PyJWTError as exc:
+        cause = _safe(str(exc), value)
+        raise MalformedTokenError(
+            f"{where}not a valid JWT ({cause}); the file is corrupt or is not a ServiceAccount token",
+            path=path,
+        ) from None
+    except (ValueError, TypeError, UnicodeError):  # defensive: pyjwt's own decoding of odd bytes
+        raise MalformedTokenError(
+            f"{where}not a valid JWT (undecodable content); the file is corrupt or is not a token", path=path
+        ) from None
+    claims = decoded["payload"]
+    header = decoded["header"]
+    if not isinstance(claims, dict):
+        raise MalformedTokenError(f"{where}JWT payload is not a JSON object", path=path)
+    for name in _NUMERIC:
+        if name in claims and not _is_number(claims[name]):
+            raise MalformedTokenError(
+                f"{where}claim {name!r} must be a number of seconds, got {type(claims[name]).__name__}",
+                path=path,
+            )
+    for name in _STRINGS:
+        if name in claims and not isinstance(claims[name], str):
+            raise MalformedTokenError(
+                f"{where}claim {name!r} must be a string, got {type(claims[name]).__name__}", path=path
+            )
+    aud = claims.get("aud")
+    if aud is not None and not (
+        isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))
+    ):
+        raise MalformedTokenError(
+            f"{where}claim 'aud' must be a string or a list of strings, got {type(aud).__name__}", path=path
+        )
+    k8s = claims.get("kubernetes.io")
+    if k8s is not None and not isinstance(k8s, dict):
+        raise MalformedTokenError(
+            f"{where}claim 'kubernetes.io' must be an object, got {type(k8s).__name__}", path=path
+        )
+    if isinstance(k8s, dict) and "warnafter" in k8s and not _is_number(k8s["warnafter"]):
+        raise MalformedTokenError(f"{where}claim 'kubernetes.io.warnafter' must be a number", path=path)
+    return Token(value=value, claims=MappingProxyType(claims), header=MappingProxyType(header))
+
+
+def _safe(message: str, secret: str) -> str:
+    """Drop an error message that quotes any part of the token."""
+    parts = [p for p in secret.split(".") if len(p) >= 4]
+    if any(p in message for p in parts) or secret in message:
+        return "undecodable content"
+    return message

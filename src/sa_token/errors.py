@@ -1,0 +1,108 @@
+"""The errors sa-token raises.
+
+One small hierarchy; every message names the file and the cause, says what to do, and never
+contains the token::
+
+    TokenError                          base of everything below
+    ├── TokenFileError                  (also an OSError) missing, unreadable, empty, oversized
+    ├── MalformedTokenError             (also a ValueError) not a JWT, bad base64 or JSON,
+    │                                   claims of the wrong type
+    └── TokenValidationError            the token parsed but must not be used
+        ├── TokenExpiredError           ``exp`` has passed
+        ├── TokenNotYetValidError       ``nbf``/``iat`` lies in the future beyond the leeway
+        ├── AudienceMismatchError       ``aud`` does not contain the expected audience
+        └── IssuerMismatchError         ``iss`` is not the expected issuer
+
+``TokenFileError`` subclasses ``OSError`` and ``MalformedTokenError`` subclasses ``ValueError``
+so that existing ``except OSError:`` / ``except ValueError:`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional
+
+__all__ = [
+    "AudienceMismatchError",
+    "IssuerMismatchError",
+    "MalformedTokenError",
+    "TokenError",
+    "TokenExpiredError",
+    "TokenFileError",
+    "TokenNotYetValidError",
+    "TokenValidationError",
+]
+
+
+class TokenError(Exception):
+    """Base class of every error sa-token raises.
+
+    ``path`` is the token file the error is about (``None`` when a token string was parsed
+    without a file).
+    """
+
+    def __init__(self, message: str, *, path: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TokenFileError(TokenError, OSError):
+    """The token file is missing, unreadable, empty, not a regular file or far too large.
+
+    Also an ``OSError``: ``errno`` carries the operating system's error number when there was
+    one (``None`` for an empty or oversized file).
+    """
+
+    def __init__(self, message: str, *, path: Optional[str] = None, errno: Optional[int] = None) -> None:
+        TokenError.__init__(self, message, path=path)
+        self.errno = errno  # type: ignore[misc]  # OSError declares it read-only in typeshed
+        self.filename = path
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:  # keep pickling (multiprocessing) working
+        return (_rebuild, (type(self), self.message, self.path, {"errno": self.errno}))
+
+
+class MalformedTokenError(TokenError, ValueError):
+    """The file's content is not a usable JWT: wrong shape, bad base64 or JSON, or claims of
+    the wrong type (``exp`` as a string, ``aud`` as a number...). Also a ``ValueError``."""
+
+
+class TokenValidationError(TokenError):
+    """The token parsed, but its claims say it must not be used now or here."""
+
+
+class TokenExpiredError(TokenValidationError):
+    """The token's ``exp`` has passed: the kubelet should have rotated it long before.
+
+    ``expires_at`` is the expiry as an aware UTC datetime.
+    """
+
+    def __init__(self, message: str, *, path: Optional[str] = None, expires_at: Optional[datetime] = None) -> None:
+        super().__init__(message, path=path)
+        self.expires_at = expires_at
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.message, self.path, {"expires_at": self.expires_at}))
+
+
+class TokenNotYetValidError(TokenValidationError):
+    """The token's ``nbf`` (or ``iat``) lies in the future by more than the allowed leeway."""
+
+
+class AudienceMismatchError(TokenValidationError):
+    """The token's ``aud`` claim does not contain any of the expected audiences."""
+
+
+class IssuerMismatchError(TokenValidationError):
+    """The token's ``iss`` claim is not the expected issuer."""
+
+
+def _rebuild(cls: type[TokenError], message: str, path: Optional[str], extra: dict[str, object]) -> TokenError:
+    return cls(message, path=path, **extra)  # type: ignore[arg-type]

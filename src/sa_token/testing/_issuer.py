@@ -1,0 +1,139 @@
+"""``TokenIssuer``: an RSA key that mints bound ServiceAccount tokens like kube-apiserver."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import time
+import uuid
+from typing import Any, Iterable, Optional, Union
+
+import jwt
+
+__all__ = ["TokenIssuer"]
+
+# The issuer kube-apiserver uses by default (--service-account-issuer on most distributions).
+DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# 2048-bit RSA: what clusters use for service-account signing keys; smaller keys are refused by
+# the cryptography package's RS256 signer policy on some builds.
+DEFAULT_KEY_SIZE = 2048
+# The default projected-token lifetime (ServiceAccountTokenProjection.expirationSeconds default).
+DEFAULT_EXPIRATION_SECONDS = 3600
+# The lifetime the admission plugin requests for kube-api-access volumes (60*60 + 7); the API server
+# extends such tokens to a year and records the real end in kubernetes.io.warnafter.
+WARN_ONLY_EXPIRATION_SECONDS = 3607
+EXTENDED_EXPIRATION_SECONDS = 365 * 24 * 3600
+
+
+def _b64(n: int) -> str:
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+class TokenIssuer:
+    """Mints RS256 JWTs with the claim set of a pod-bound projected ServiceAccount token.
+
+    >>> issuer = TokenIssuer()
+    >>> token = issuer.issue(audiences=["vault"], expiration_seconds=600)
+
+    ``public_key_pem`` and :meth:`jwks` give verifiers the key; :meth:`verify` checks a token
+    the way kube-apiserver's authenticator does (signature, ``exp``, ``nbf``, ``aud``).
+    """
+
+    def __init__(self, *, issuer: str = DEFAULT_ISSUER, key_size: int = DEFAULT_KEY_SIZE) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.issuer = issuer
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+        self.public_key = self._key.public_key()
+        der = self.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        # kid = base64url(sha256(PKIX DER)), as keyIDFromPublicKey in pkg/serviceaccount/jwt.go.
+        self.kid = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+        self.public_key_pem = self.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self._lock = threading.Lock()
+        self.issued = 0
+
+    def __repr__(self) -> str:
+        return f"TokenIssuer(issuer={self.issuer!r}, kid={self.kid[:8]}...)"
+
+    def claims(
+        self,
+        *,
+        audiences: Union[str, Iterable[str]] = ("https://kubernetes.default.svc.cluster.local",),
+        expiration_seconds: float = DEFAULT_EXPIRATION_SECONDS,
+        now: Optional[float] = None,
+        namespace: str = "default",
+        service_account: str = "default",
+        pod: Optional[str] = "app-0",
+        node: Optional[str] = "node-1",
+        extend: bool = False,
+        extra: Optional[dict[str, Any]] = None,
+    ) -> dict[str, Any]:
+        """The payload :meth:`issue` signs, as kube-apiserver builds it (claims.go ``Claims``)."""
+        iat = int(time.time() if now is None else now)
+        auds = [audiences] if isinstance(audiences, str) else list(audiences)
+        k8s: dict[str, Any] = {
+            "namespace": namespace,
+            "serviceaccount": {"name": service_account, "uid": str(uuid.uuid4())},
+        }
+        if pod is not None:
+            k8s["pod"] = {"name": pod, "uid": str(uuid.uuid4())}
+        if node is not None:
+            k8s["node"] = {"name": node, "uid": str(uuid.uuid4())}
+        exp = iat + expiration_seconds
+        if extend:  # --service-account-extend-token-expiration: exp one year out, warnafter the request
+            k8s["warnafter"] = int(exp)
+            exp = iat + EXTENDED_EXPIRATION_SECONDS
+        claims: dict[str, Any] = {
+            "aud": auds,  # always a JSON array (kubernetes/kubernetes#133569)
+            "exp": int(exp) if float(exp).is_integer() else exp,
+            "iat": iat,
+            "iss": self.issuer,
+            "jti": str(uuid.uuid4()),
+            "kubernetes.io": k8s,
+            "nbf": iat,
+            "sub": f"system:serviceaccount:{namespace}:{service_account}",
+        }
+        claims.update(extra or {})
+        return claims
+
+    def issue(self, **kwargs: Any) -> str:
+        """Mint a signed token; keyword arguments as for :meth:`claims`."""
+        return self.sign(self.claims(**kwargs))
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """Sign an arbitrary payload with this issuer's key (header ``alg`` RS256 and ``kid``)."""
+        with self._lock:
+            self.issued += 1
+        # kube-apiserver's header has no "typ" (go-jose with nil options).
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid, "typ": None})
+
+    def jwks(self) -> dict[str, Any]:
+        """The JWKS document kube-apiserver serves at ``/openid/v1/jwks``."""
+        nums = self.public_key.public_numbers()
+        return {
+            "keys": [
+                {"use": "sig", "kty": "RSA", "kid": self.kid, "alg": "RS256", "n": _b64(nums.n), "e": _b64(nums.e)}
+            ]
+        }
+
+    def verify(self, token: str, *, audience: Union[str, Iterable[str], None] = None, leeway: float = 0) -> dict[str, Any]:
+        """Verify like the API server: RS256 signature with this key, ``exp``, ``nbf``, ``iss`` and
+        (when given) ``aud``. Returns the claims; raises ``jwt.InvalidTokenError`` otherwise."""
+        aud = [audience] if isinstance(audience, str) else (list(audience) if audience is not None else None)
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            self.public_key,
+            algorithms=["RS256"],
+            audience=aud,
+            issuer=self.issuer,
+            leeway=leeway,
+            options={"require": ["exp", "iat", "nbf", "aud", "sub"], "verify_aud": aud is not None},
+        )
+        return claims
