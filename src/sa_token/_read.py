@@ -58,8 +58,10 @@ def _read_bytes(path: str) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            raise IsADirectoryError(_errno.EISDIR, kind) if stat.S_ISDIR(st.st_mode) else OSError(
-                _errno.EINVAL, kind
+            raise (
+                IsADirectoryError(_errno.EISDIR, kind)
+                if stat.S_ISDIR(st.st_mode)
+                else OSError(_errno.EINVAL, kind)
             )
         if st.st_size > MAX_TOKEN_BYTES:
             raise _TooLarge(st.st_size)
@@ -102,7 +104,9 @@ def _file_error(path: str, exc: OSError) -> TokenFileError:
             hint = "it is a dangling symlink (the projected volume's ..data target is gone)"
         return TokenFileError(f"token file {path} does not exist: {hint}", path=path, errno=code)
     if isinstance(exc, PermissionError):
-        return TokenFileError(f"cannot read token file {path}: {_permission_hint(path)}", path=path, errno=code)
+        return TokenFileError(
+            f"cannot read token file {path}: {_permission_hint(path)}", path=path, errno=code
+        )
     if isinstance(exc, IsADirectoryError):
         return TokenFileError(
             f"token file {path} is a directory, not a file; point at the token inside the volume",

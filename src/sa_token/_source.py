@@ -23,8 +23,9 @@ import math
 import os
 import threading
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Optional, Union
 
 from ._read import read_token_file
 from ._token import Token
@@ -210,7 +211,9 @@ class TokenSource:
         clock: Optional[Clock] = None,
     ) -> None:
         if not (isinstance(refresh_interval, (int, float)) and 0 < refresh_interval < math.inf):
-            raise ValueError(f"refresh_interval must be a positive number of seconds, got {refresh_interval!r}")
+            raise ValueError(
+                f"refresh_interval must be a positive number of seconds, got {refresh_interval!r}"
+            )
         if not (isinstance(leeway, (int, float)) and 0 <= leeway < math.inf):
             raise ValueError(f"leeway must be a non-negative number of seconds, got {leeway!r}")
         self.path = os.path.abspath(os.fspath(path))
@@ -466,11 +469,13 @@ class TokenSource:
             except TokenError as exc:
                 result = exc
         if isinstance(result, TokenError):
-            return self._fail(result, now)
+            self._fail(result, now)
+            return None
         if current is not None and result.value != current.value:
             problem = self._time_error(result, now)
             if problem is not None and self._time_error(current, now) is None:
-                return self._fail(problem, now)  # keep the valid token over a worse one
+                self._fail(problem, now)  # keep the valid token over a worse one
+                return None
         self._last_error = None
         self._warned.clear()
         self._schedule(result, now)
@@ -483,7 +488,7 @@ class TokenSource:
         self._last_error = err
         current = self._token
         if current is None:
-            return None
+            return
         key = (type(err).__name__, str(err))
         if key not in self._warned:
             self._warned.add(key)
@@ -496,7 +501,7 @@ class TokenSource:
         if retry < self._due:
             self._due = retry
             self._publish(current, now)
-        return None
+        return
 
     def _schedule(self, tok: Token, now: float) -> None:
         due = now + self.refresh_interval
@@ -513,6 +518,9 @@ class TokenSource:
 
     def _publish(self, tok: Token, now: float) -> None:
         deadline = min(self._due, tok._exp_ts)
+        start = max(tok.claims.get(c, -math.inf) for c in ("nbf", "iat")) - self.leeway
+        if now < start:  # not yet valid: no fast path, token() checks (and raises) every time
+            deadline = -math.inf
         self._fast = (tok.value, deadline)
         mono = time.monotonic()
         left = deadline - now

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping, Optional
+from types import MappingProxyType
+from typing import Any, Optional
 
 import jwt
 

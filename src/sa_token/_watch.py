@@ -42,14 +42,15 @@ IDLE_TICK = 30.0
 # While a watched directory is gone (volume removed, not yet recreated), retry arming it this often.
 REARM_TICK = 1.0
 
+_InotifyFD: Any = None
+_IC: Any = None
+_IMPORT_ERROR: Optional[str] = None
 try:  # Linux only; elsewhere the timer does the work.
-    from watchdog.observers.inotify_c import InotifyConstants as _IC
-    from watchdog.observers.inotify_c import InotifyFD as _InotifyFD
+    from watchdog.observers import inotify_c as _inotify_c
 
-    _IMPORT_ERROR: Optional[str] = None
-except Exception as _exc:  # pragma: no cover - non-Linux  # noqa: BLE001
-    _InotifyFD = None
-    _IC = None
+    _InotifyFD = _inotify_c.InotifyFD
+    _IC = _inotify_c.InotifyConstants
+except Exception as _exc:  # pragma: no cover - non-Linux
     _IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}"
 
 if _IC is not None:
@@ -88,7 +89,7 @@ class _DirWatch:
             for f in list(files):
                 f.refresh_safely()
 
-    def on_watch_deleted(self, wd: int) -> None:
+    def on_watch_deleted(self, _wd: int) -> None:
         self.hub.watch_lost(self)
 
     def on_queue_overflow(self) -> None:
@@ -106,7 +107,9 @@ class Hub:
         self._reset()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(
-                before=self._before_fork, after_in_parent=self._after_fork_parent, after_in_child=self._after_fork_child
+                before=self._before_fork,
+                after_in_parent=self._after_fork_parent,
+                after_in_child=self._after_fork_child,
             )
 
     def _reset(self) -> None:
@@ -183,7 +186,9 @@ class Hub:
         if self.inotify is not None and self.inotify.is_alive():
             return True
         if self.inotify is not None:  # the reader thread died: start a new instance
-            log.warning("sa-token: the inotify watcher thread stopped; starting a new one and re-reading tokens")
+            log.warning(
+                "sa-token: the inotify watcher thread stopped; starting a new one and re-reading tokens"
+            )
             self._drop_inotify()
         if self.inotify_unavailable is not None:
             return False
@@ -255,7 +260,7 @@ class Hub:
         if fd is not None:
             try:
                 fd.stop()
-            except Exception:  # noqa: BLE001, S110 - already broken
+            except Exception:  # noqa: S110 - already broken
                 pass
         for dw in self.dirs.values():
             dw.wd = None
@@ -279,8 +284,7 @@ class Hub:
                 due.append(src)
             elif d < next_due:
                 next_due = d
-            if src._hot_until < next_due:
-                next_due = src._hot_until
+            next_due = min(next_due, src._hot_until)
         if self.inotify is not None and any(dw.wd is None for dw in self.dirs.values()):
             next_due = min(next_due, now + REARM_TICK)
         return due, next_due
@@ -294,8 +298,10 @@ class Hub:
                 self.dirty = False
                 due, _ = self._scan(time.monotonic())
                 dead = [dw for dw in self.dirs.values() if dw.wd is None]
-                if self.dirs and self.inotify_unavailable is None and (
-                    self.inotify is None or not self.inotify.is_alive()
+                if (
+                    self.dirs
+                    and self.inotify_unavailable is None
+                    and (self.inotify is None or not self.inotify.is_alive())
                 ):
                     self._ensure_inotify()
                 rearmed = [dw for dw in dead if os.path.isdir(dw.directory) and self._arm(dw)]
@@ -369,7 +375,7 @@ class _Reader(_InotifyFD if _InotifyFD is not None else object):  # type: ignore
     def run(self) -> None:
         try:
             super().run()
-        except BaseException as exc:  # noqa: BLE001 - report, never die silently
+        except BaseException as exc:
             log.warning("sa-token: the inotify watcher thread failed (%s: %s)", type(exc).__name__, exc)
         finally:
             self._hub.reader_died()

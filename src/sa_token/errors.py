@@ -59,7 +59,7 @@ class TokenFileError(TokenError, OSError):
 
     def __init__(self, message: str, *, path: Optional[str] = None, errno: Optional[int] = None) -> None:
         TokenError.__init__(self, message, path=path)
-        self.errno = errno  # type: ignore[misc]  # OSError declares it read-only in typeshed
+        self.errno = errno
         self.filename = path
 
     def __str__(self) -> str:
@@ -84,7 +84,9 @@ class TokenExpiredError(TokenValidationError):
     ``expires_at`` is the expiry as an aware UTC datetime.
     """
 
-    def __init__(self, message: str, *, path: Optional[str] = None, expires_at: Optional[datetime] = None) -> None:
+    def __init__(
+        self, message: str, *, path: Optional[str] = None, expires_at: Optional[datetime] = None
+    ) -> None:
         super().__init__(message, path=path)
         self.expires_at = expires_at
 
@@ -104,5 +106,7 @@ class IssuerMismatchError(TokenValidationError):
     """The token's ``iss`` claim is not the expected issuer."""
 
 
-def _rebuild(cls: type[TokenError], message: str, path: Optional[str], extra: dict[str, object]) -> TokenError:
-    return cls(message, path=path, **extra)  # type: ignore[arg-type]
+def _rebuild(
+    cls: type[TokenError], message: str, path: Optional[str], extra: dict[str, object]
+) -> TokenError:
+    return cls(message, path=path, **extra)

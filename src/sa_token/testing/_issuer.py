@@ -7,7 +7,8 @@ import hashlib
 import threading
 import time
 import uuid
-from typing import Any, Iterable, Optional, Union
+from collections.abc import Iterable
+from typing import Any, Optional, Union
 
 import jwt
 
@@ -119,11 +120,20 @@ class TokenIssuer:
         nums = self.public_key.public_numbers()
         return {
             "keys": [
-                {"use": "sig", "kty": "RSA", "kid": self.kid, "alg": "RS256", "n": _b64(nums.n), "e": _b64(nums.e)}
+                {
+                    "use": "sig",
+                    "kty": "RSA",
+                    "kid": self.kid,
+                    "alg": "RS256",
+                    "n": _b64(nums.n),
+                    "e": _b64(nums.e),
+                }
             ]
         }
 
-    def verify(self, token: str, *, audience: Union[str, Iterable[str], None] = None, leeway: float = 0) -> dict[str, Any]:
+    def verify(
+        self, token: str, *, audience: Union[str, Iterable[str], None] = None, leeway: float = 0
+    ) -> dict[str, Any]:
         """Verify like the API server: RS256 signature with this key, ``exp``, ``nbf``, ``iss`` and
         (when given) ``aud``. Returns the claims; raises ``jwt.InvalidTokenError`` otherwise."""
         aud = [audience] if isinstance(audience, str) else (list(audience) if audience is not None else None)

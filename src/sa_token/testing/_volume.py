@@ -24,8 +24,9 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Optional, Union
 
 __all__ = ["ProjectedVolume"]
 
@@ -187,7 +188,7 @@ class ProjectedVolume:
                 break
             except FileExistsError:
                 continue
-        os.chmod(candidate, 0o755)  # "needed to allow 'group' and 'other' to recurse"
+        os.chmod(candidate, 0o755)  # noqa: S103 - "needed to allow 'group' and 'other' to recurse"
         return candidate
 
     def _set_ownership(self, vol: Path) -> None:

@@ -13,8 +13,9 @@ Importing this module is cheap: cryptography is only imported when a fixture is 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 

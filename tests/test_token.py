@@ -1,0 +1,96 @@
+"""Token parsing and its error messages (the validator's own cases are in test_source.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+from datetime import timezone
+
+import pytest
+
+from sa_token import MalformedTokenError, Token, TokenExpiredError, TokenFileError
+from sa_token._token import parse_token
+from sa_token.testing import TokenIssuer
+
+
+def _b64(obj: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+def forge(claims: object, header: object = None) -> str:
+    return f"{_b64(header or {'alg': 'RS256'})}.{_b64(claims)}.c2lnbmF0dXJl"
+
+
+def test_parse_exposes_claims_as_aware_datetimes(token_issuer: TokenIssuer) -> None:
+    tok = parse_token(token_issuer.issue(audiences=["a", "b"], expiration_seconds=600, now=1_700_000_000))
+    assert tok.audiences == ("a", "b")
+    assert tok.issued_at is not None and tok.issued_at.tzinfo is timezone.utc
+    assert tok.issued_at.timestamp() == 1_700_000_000
+    assert tok.expires_at is not None and tok.expires_at.timestamp() == 1_700_000_600
+    assert tok.not_before == tok.issued_at
+    assert tok.rotation_due_at is not None and tok.rotation_due_at.timestamp() == 1_700_000_480
+    assert tok.remaining(now=1_700_000_100) is not None
+    assert tok.remaining(now=1_700_000_100).total_seconds() == 500  # type: ignore[union-attr]
+    assert tok.subject == "system:serviceaccount:default:default"
+    assert tok.issuer == token_issuer.issuer and tok.header["kid"] == token_issuer.kid
+
+
+def test_rotation_point_is_capped_at_24h() -> None:
+    tok = parse_token(forge({"iat": 0, "exp": 10 * 86400}))
+    assert tok.rotation_due_at is not None and tok.rotation_due_at.timestamp() == 86400
+
+
+def test_token_is_immutable() -> None:
+    tok = parse_token(forge({"exp": 1}))
+    with pytest.raises(AttributeError):
+        tok.value = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        tok.claims["exp"] = 2  # type: ignore[index]
+
+
+def test_single_string_audience_is_a_tuple() -> None:
+    assert parse_token(forge({"aud": "vault"})).audiences == ("vault",)
+    assert parse_token(forge({})).audiences == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("abc", "expected three dot-separated parts"),
+        ("a.b.c.d", "expected three dot-separated parts"),
+        ("!!!.@@@.###", "not a valid JWT"),
+        (f"{_b64({'alg': 'RS256'})}.bm90IGpzb24.c2ln", "not a valid JWT"),
+        (forge([1, 2]), "not a valid JWT"),
+        (forge({"exp": "tomorrow"}), "'exp' must be a number"),
+        (forge({"exp": True}), "'exp' must be a number"),
+        (forge({"aud": 5}), "'aud' must be a string or a list"),
+        (forge({"aud": ["a", 5]}), "'aud' must be a string or a list"),
+        (forge({"iss": 1}), "'iss' must be a string"),
+        (forge({"kubernetes.io": "x"}), "'kubernetes.io' must be an object"),
+        (forge({"kubernetes.io": {"warnafter": "x"}}), "warnafter"),
+    ],
+)
+def test_malformed_tokens_give_a_clear_error_without_the_token(value: str, fragment: str) -> None:
+    with pytest.raises(MalformedTokenError) as ei:
+        parse_token(value, path="/p/token")
+    msg = str(ei.value)
+    assert fragment in msg and msg.startswith("/p/token: ")
+    for part in value.split("."):
+        if len(part) >= 4:
+            assert part not in msg
+    assert ei.value.__cause__ is None  # no deep traceback from the JWT library
+    assert ei.value.__context__ is None or ei.value.__suppress_context__
+
+
+def test_errors_pickle_and_keep_their_fields() -> None:
+    e = TokenFileError("msg", path="/p", errno=2)
+    e2 = pickle.loads(pickle.dumps(e))
+    assert (str(e2), e2.path, e2.errno, isinstance(e2, OSError)) == ("msg", "/p", 2, True)
+    x = TokenExpiredError("gone", path="/p")
+    assert str(pickle.loads(pickle.dumps(x))) == "gone"
+
+
+def test_token_value_is_not_in_repr() -> None:
+    t = Token(value="secret.secret.secret", claims={"sub": "s"})
+    assert "secret" not in repr(t) and "secret" not in str(t)
