@@ -62,7 +62,8 @@ class FakeClock:
     """An injectable ``time.time``: starts at the real time, moves only when told."""
 
     def __init__(self, start: float | None = None) -> None:
-        self.now = time.time() if start is None else start
+        # whole seconds, like the iat/exp the issuer mints from it
+        self.now = float(int(time.time())) if start is None else start
 
     def __call__(self) -> float:
         return self.now

@@ -253,8 +253,8 @@ def test_timer_rereads_in_background_without_events_or_calls(kl: Kubelet, vol: P
 
 def test_timer_rereads_at_the_rotation_point(vol: ProjectedVolume, token_issuer: TokenIssuer) -> None:
     lifetime = 600
-    # issued so that 80% of its lifetime is reached ~0.5 s from now
-    vol.rotate(token_issuer.issue(audiences=[AUD], expiration_seconds=lifetime, now=time.time() - 0.8 * lifetime + 0.5))
+    # issued so that 80% of its lifetime is reached 0.5-1.5 s from now (iat is whole seconds)
+    vol.rotate(token_issuer.issue(audiences=[AUD], expiration_seconds=lifetime, now=time.time() - 0.8 * lifetime + 1.5))
     with TokenSource(vol.token_path, audience=AUD, watch=False, refresh_interval=3600) as src:
         heard: list[str] = []
         src.subscribe(lambda t: heard.append(t.value))

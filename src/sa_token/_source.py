@@ -23,6 +23,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Callable, Optional, Union
@@ -74,8 +75,8 @@ class _TokenFile:
         self.path = path
         self.lock = threading.Lock()
         self.generation = 0
-        self.sources: set[TokenSource] = set()
-        self.watched = False
+        # Weak: an app that drops a source without close() must not keep it alive forever.
+        self.sources: weakref.WeakSet[TokenSource] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"_TokenFile({self.path!r}, sources={len(self.sources)})"
@@ -112,6 +113,25 @@ class _TokenFile:
 
 _FILES: dict[str, _TokenFile] = {}
 _FILES_LOCK = threading.Lock()
+
+
+def _reset_files_lock() -> None:  # after fork(): another thread may have held it
+    global _FILES_LOCK  # noqa: PLW0603
+    _FILES_LOCK = threading.Lock()
+    for f in _FILES.values():
+        f._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_files_lock)
+
+
+def _release(tfile: _TokenFile) -> None:
+    """A source was closed or garbage-collected: drop the file's watch once nobody uses it."""
+    with _FILES_LOCK:
+        if not tfile.sources and _FILES.get(tfile.path) is tfile:
+            del _FILES[tfile.path]
+            HUB.unwatch(tfile)
 
 
 def _watch_targets(path: str) -> dict[str, set[str]]:
@@ -264,6 +284,7 @@ class TokenSource:
                 raise
             tfile.sources.add(self)
             self._accept(first)
+        weakref.finalize(self, _release, tfile).atexit = False
         HUB.add_source(self)
         problem = self._time_error(first, self._now())
         if problem is not None:
@@ -404,10 +425,7 @@ class TokenSource:
             raise RuntimeError(f"TokenSource for {self.path} is closed")
 
     def _detach(self) -> None:
-        with _FILES_LOCK:
-            if not self._file.sources and _FILES.get(self.path) is self._file:
-                del _FILES[self.path]
-                HUB.unwatch(self._file)
+        _release(self._file)
 
     def _refresh_and_check(self) -> Token:
         self._ensure_open()

@@ -121,6 +121,7 @@ class Hub:
         self.inotify_unavailable: Optional[str] = None  # reason, once warned
         self.timer: Optional[threading.Thread] = None
         self.threads_started = 0
+        self.missed_events = False  # the watcher was restarted: re-read every file once
         self.next_wake = -math.inf  # when the sleeping timer thread wakes; -inf while awake
         self.dirty = False  # a deadline was published while the timer was awake
 
@@ -182,14 +183,19 @@ class Hub:
             return {d: dw.wd is not None for d, dw in self.dirs.items()}
 
     # ---------------------------------------------------------------- inotify -------------
+    def _inotify_ok(self) -> bool:
+        fd = self.inotify
+        return fd is not None and not fd.dead and fd.is_alive()
+
     def _ensure_inotify(self) -> bool:
-        if self.inotify is not None and self.inotify.is_alive():
+        if self._inotify_ok():
             return True
         if self.inotify is not None:  # the reader thread died: start a new instance
             log.warning(
                 "sa-token: the inotify watcher thread stopped; starting a new one and re-reading tokens"
             )
             self._drop_inotify()
+            self.missed_events = True
         if self.inotify_unavailable is not None:
             return False
         if _InotifyFD is None:
@@ -258,10 +264,13 @@ class Hub:
     def _drop_inotify(self) -> None:
         fd, self.inotify = self.inotify, None
         if fd is not None:
-            try:
-                fd.stop()
-            except Exception:  # noqa: S110 - already broken
-                pass
+            if fd.is_alive():
+                try:
+                    fd.stop()
+                except Exception:  # noqa: S110 - already broken
+                    pass
+            else:  # nobody reads any more: close the descriptors ourselves
+                _close_fds(fd)
         for dw in self.dirs.values():
             dw.wd = None
 
@@ -338,13 +347,7 @@ class Hub:
         sources = list(self.sources)
         self._reset()
         if old_inotify is not None:
-            for attr in ("_inotify_fd", "_kill_r", "_kill_w"):
-                fd = getattr(old_inotify, attr, None)
-                if isinstance(fd, int):
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
+            _close_fds(old_inotify)
         self.dirs = dirs
         for dw in dirs.values():
             dw.hub = self
@@ -372,13 +375,28 @@ class _Reader(_InotifyFD if _InotifyFD is not None else object):  # type: ignore
         self.name = "sa-token-inotify"
         self._hub = hub
 
+    dead = False
+
     def run(self) -> None:
         try:
             super().run()
-        except BaseException as exc:
+        except BaseException as exc:  # report, never die silently
             log.warning("sa-token: the inotify watcher thread failed (%s: %s)", type(exc).__name__, exc)
         finally:
+            self.dead = True
             self._hub.reader_died()
+
+
+def _close_fds(reader: Any) -> None:
+    """Close an InotifyFD's descriptors without going through it (its thread is gone, or they
+    are the parent's after a fork: writing to its kill pipe would stop the parent's reader)."""
+    for attr in ("_inotify_fd", "_kill_r", "_kill_w"):
+        fd = getattr(reader, attr, None)
+        if isinstance(fd, int):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _describe_inotify_error(exc: OSError) -> str:
