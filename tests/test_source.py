@@ -616,7 +616,8 @@ def test_repr_and_str_never_show_the_token(kl: Kubelet, vol: ProjectedVolume) ->
 def test_public_names() -> None:
     assert sorted(sa_token.__all__) == sorted(
         [
-            "DEFAULT_TOKEN_PATH", "AudienceMismatchError", "IssuerMismatchError", "MalformedTokenError",
+            "DEFAULT_TOKEN_PATH", "AudienceMismatchError", "CABundle", "CAFileError", "IssuerMismatchError",
+            "MalformedTokenError",
             "Token", "TokenError", "TokenExpiredError", "TokenFileError", "TokenNotYetValidError",
             "TokenSource", "TokenValidationError", "__version__",
         ]

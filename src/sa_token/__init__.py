@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from ._ca import CABundle, CAFileError
 from ._source import DEFAULT_TOKEN_PATH, TokenSource
 from ._token import Token
 from ._version import __version__
@@ -30,6 +31,8 @@ from .errors import (
 __all__ = [
     "DEFAULT_TOKEN_PATH",
     "AudienceMismatchError",
+    "CABundle",
+    "CAFileError",
     "IssuerMismatchError",
     "MalformedTokenError",
     "Token",

@@ -30,7 +30,7 @@ from typing import Callable, Optional, Union
 
 from ._read import read_token_file
 from ._token import Token
-from ._watch import DATA_DIR, HUB
+from ._watch import HUB, watch_targets
 from .errors import (
     AudienceMismatchError,
     IssuerMismatchError,
@@ -134,38 +134,7 @@ def _release(tfile: _TokenFile) -> None:
             HUB.unwatch(tfile)
 
 
-def _watch_targets(path: str) -> dict[str, set[str]]:
-    """Directories to watch for ``path``, with the entry names that signal new content.
-
-    In a projected volume (an ancestor directory holds ``..data``) that is the volume root, for
-    ``..data`` and the path's first element below the root. For a plain file it is the
-    file's directory, for its name. If the path is a symlink into a projected volume somewhere
-    else, that volume's root is watched for ``..data`` too.
-    """
-    targets: dict[str, set[str]] = {}
-
-    def volume_root(p: str) -> Optional[str]:
-        d = os.path.dirname(p)
-        while True:
-            if os.path.lexists(os.path.join(d, DATA_DIR)):
-                return d
-            parent = os.path.dirname(d)
-            if parent == d:
-                return None
-            d = parent
-
-    root = volume_root(path)
-    if root is not None:
-        first = os.path.relpath(path, root).split(os.sep)[0]
-        targets[root] = {DATA_DIR, first}
-    else:
-        targets[os.path.dirname(path)] = {os.path.basename(path)}
-    real = os.path.realpath(path)
-    if real != path:
-        real_root = volume_root(real)
-        if real_root is not None and real_root not in targets:
-            targets[real_root] = {DATA_DIR}
-    return targets
+_watch_targets = watch_targets  # kept for older imports
 
 
 def _timestamp(value: Union[float, datetime]) -> float:
@@ -274,7 +243,7 @@ class TokenSource:
         # Arm the watch before the first read: a rotation after this point raises an event.
         self.watching = False
         if watch:
-            self.watching = HUB.watch(tfile, _watch_targets(self.path))
+            self.watching = HUB.watch(tfile, watch_targets(self.path))
         with tfile.lock:
             try:
                 first = read_token_file(self.path)

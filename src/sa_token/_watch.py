@@ -1,107 +1,236 @@
 """The process-wide watcher: one inotify instance, one reader thread, one timer thread.
 
-However many ``TokenSource`` objects exist, the process uses:
+However many ``TokenSource`` (and ``CABundle``) objects exist, the process uses:
 
-* one inotify instance (watchdog's ``InotifyFD``) with one watch per *directory*, shared by every
-  file in it; inotify instances are scarce (128 per user on most nodes, shared by every
-  container running as that user);
-* one thread reading it, one timer thread running every source's fallback deadlines.
+* one inotify instance (through watchdog's libc bindings) with one watch per *directory*,
+  shared by every file in it; inotify instances are scarce (128 per user on most nodes, shared
+  by every container running as that user);
+* one thread reading it, and one timer thread running every source's deadlines.
 
 The kubelet never modifies a projected file: it publishes a new generation by renaming
 ``..data_tmp`` over ``..data``. So we watch the volume's root directory and react to
 ``IN_MOVED_TO``/``IN_CREATE`` of ``..data``, and, for plain files, to the file's own name being
 created, replaced by rename, closed after writing or deleted.
 
-When inotify is missing or exhausted the timer keeps everything working (one warning). After
-``os.fork()`` the child drops the parent's inotify descriptors (without touching them: they
-are shared with the parent), starts its own threads and re-reads every file.
+When inotify is missing or exhausted the timer keeps everything working (one warning). If the
+reader thread dies, the timer starts a new one and re-reads every file (one warning). After
+``os.fork()`` the child closes its copies of the parent's descriptors (without writing to them:
+they are shared with the parent), starts its own threads and re-reads every file.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import logging
 import math
 import os
+import select
+import struct
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
-if TYPE_CHECKING:
-    from ._source import _TokenFile
-
-__all__ = ["HUB", "Hub"]
+__all__ = ["DATA_DIR", "HUB", "Hub", "Watcher", "watch_targets"]
 
 log = logging.getLogger("sa_token")
 
 DATA_DIR = "..data"
 # How often the timer thread wakes when nothing is due: it then checks that the inotify
-# thread is alive and re-arms watches on directories that were removed and recreated.
+# thread is alive and that no wall-clock jump moved a deadline.
 IDLE_TICK = 30.0
 # While a watched directory is gone (volume removed, not yet recreated), retry arming it this often.
 REARM_TICK = 1.0
+# One read of the inotify fd: room for ~2000 events, far more than a burst of rotations makes.
+_READ_SIZE = 64 * 1024
 
-_InotifyFD: Any = None
-_IC: Any = None
+_libc: Any = None
 _IMPORT_ERROR: Optional[str] = None
 try:  # Linux only; elsewhere the timer does the work.
-    from watchdog.observers import inotify_c as _inotify_c
-
-    _InotifyFD = _inotify_c.InotifyFD
-    _IC = _inotify_c.InotifyConstants
+    from watchdog.observers import inotify_c as _libc
 except Exception as _exc:  # pragma: no cover - non-Linux
     _IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}"
 
-if _IC is not None:
-    # Events on the directory's entries that can mean "new content":
-    _ENTRY_MASK = (
-        _IC.IN_CREATE  # the kubelet's first write creates the links; a new plain file
-        | _IC.IN_MOVED_TO  # ..data_tmp renamed over ..data; a file replaced by rename
-        | _IC.IN_CLOSE_WRITE  # a plain file rewritten in place, once the writer closed it
-        | _IC.IN_DELETE  # the file removed: re-read to report it
-        | _IC.IN_MOVED_FROM
-    )
-    _MASK = _ENTRY_MASK | _IC.IN_DELETE_SELF | _IC.IN_MOVE_SELF | _IC.IN_ONLYDIR
-else:  # pragma: no cover
-    _ENTRY_MASK = _MASK = 0
+# inotify(7) masks (stable kernel ABI).
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF = 0x400, 0x800
+IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR = 0x4000, 0x8000, 0x01000000
+# Events on a directory's entries that can mean "new content":
+_ENTRY_MASK = (
+    IN_CREATE  # the kubelet's first write creates the links; a new plain file
+    | IN_MOVED_TO  # ..data_tmp renamed over ..data; a file replaced by rename
+    | IN_CLOSE_WRITE  # a plain file rewritten in place, once the writer closed it
+    | IN_DELETE  # the file removed: re-read to report it
+    | IN_MOVED_FROM
+)
+_MASK = _ENTRY_MASK | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+
+
+class Watcher(Protocol):
+    """What the hub calls when a watched entry changes (``_TokenFile``, ``CABundle``)."""
+
+    def refresh_safely(self) -> None: ...
+
+
+def watch_targets(path: str) -> dict[str, set[str]]:
+    """Directories to watch for ``path``, with the entry names that signal new content.
+
+    In a projected volume (an ancestor directory holds ``..data``) that is the volume root, for
+    ``..data`` and the path's first element below the root. For a plain file it is the
+    file's directory, for its name. If the path is a symlink into a projected volume somewhere
+    else, that volume's root is watched for ``..data`` too.
+    """
+    targets: dict[str, set[str]] = {}
+
+    def volume_root(p: str) -> Optional[str]:
+        d = os.path.dirname(p)
+        while True:
+            if os.path.lexists(os.path.join(d, DATA_DIR)):
+                return d
+            parent = os.path.dirname(d)
+            if parent == d:
+                return None
+            d = parent
+
+    root = volume_root(path)
+    if root is not None:
+        first = os.path.relpath(path, root).split(os.sep)[0]
+        targets[root] = {DATA_DIR, first}
+    else:
+        targets[os.path.dirname(path)] = {os.path.basename(path)}
+    real = os.path.realpath(path)
+    if real != path:
+        real_root = volume_root(real)
+        if real_root is not None and real_root not in targets:
+            targets[real_root] = {DATA_DIR}
+    return targets
 
 
 class _DirWatch:
-    """One inotify watch on a directory, dispatching events by entry name to token files."""
+    """One inotify watch on a directory, dispatching events by entry name to watchers."""
 
-    def __init__(self, hub: Hub, directory: str) -> None:
-        self.hub = hub
+    def __init__(self, directory: str) -> None:
         self.directory = directory
         self.wd: Optional[int] = None
-        self.names: dict[str, set[_TokenFile]] = {}
+        self.names: dict[str, set[Watcher]] = {}
 
-    # watchdog WatchCallback protocol -------------------------------------------------------
-    def on_event(self, event: Any) -> None:
-        if event.mask & (_IC.IN_DELETE_SELF | _IC.IN_MOVE_SELF):
-            self.hub.watch_lost(self)
+    def on_event(self, mask: int, name: str) -> None:
+        if mask & _ENTRY_MASK:
+            for w in list(self.names.get(name, ())):
+                w.refresh_safely()
+
+    def watchers(self) -> set[Watcher]:
+        return {w for ws in list(self.names.values()) for w in list(ws)}
+
+
+def _oserror(path: str = "") -> OSError:
+    code = ctypes.get_errno()
+    return OSError(code, os.strerror(code), path) if path else OSError(code, os.strerror(code))
+
+
+class _Reader(threading.Thread):
+    """The inotify instance and the thread that reads it."""
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__(name="sa-token-inotify", daemon=True)
+        fd = _libc.inotify_init()
+        if fd == -1:
+            raise _oserror()
+        fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)  # never leak into exec'd children
+        self.fd = fd
+        self._wake_r, self._wake_w = os.pipe()
+        self._hub = hub
+        self._watches: dict[int, list[_DirWatch]] = {}  # one wd per inode, maybe several paths
+        self._lock = threading.Lock()
+        self._stopping = False
+        self.dead = False
+
+    def add(self, dw: _DirWatch) -> int:
+        wd: int = _libc.inotify_add_watch(self.fd, os.fsencode(dw.directory), _MASK)
+        if wd == -1:
+            raise _oserror(dw.directory)
+        with self._lock:
+            self._watches.setdefault(wd, []).append(dw)
+        return wd
+
+    def remove(self, dw: _DirWatch) -> None:
+        wd = dw.wd
+        if wd is None:
             return
-        if not event.mask & _ENTRY_MASK:
-            return
-        name = os.fsdecode(event.name)
-        files = self.names.get(name)
-        if files:
-            for f in list(files):
-                f.refresh_safely()
+        with self._lock:
+            dws = self._watches.get(wd, [])
+            if dw in dws:
+                dws.remove(dw)
+            if dws:
+                return
+            self._watches.pop(wd, None)
+        _libc.inotify_rm_watch(self.fd, wd)  # EINVAL when the kernel dropped it already: fine
 
-    def on_watch_deleted(self, _wd: int) -> None:
-        self.hub.watch_lost(self)
+    def run(self) -> None:
+        try:
+            poller = select.poll()
+            poller.register(self.fd, select.POLLIN)
+            poller.register(self._wake_r, select.POLLIN)
+            while not self._stopping:
+                ready = [fd for fd, _ in poller.poll()]
+                if self._wake_r in ready or self._stopping:
+                    break
+                try:
+                    buf = os.read(self.fd, _READ_SIZE)
+                except InterruptedError:
+                    continue
+                self._dispatch(buf)
+        except BaseException as exc:  # report, never die silently
+            log.warning("sa-token: the inotify watcher thread failed (%s: %s)", type(exc).__name__, exc)
+        finally:
+            self.dead = True
+            if self._stopping:
+                self.close_fds()
+            else:
+                self._hub.reader_died()
 
-    def on_queue_overflow(self) -> None:
-        for f in self.files():
-            f.refresh_safely()
+    def _dispatch(self, buf: bytes) -> None:
+        i = 0
+        while i + 16 <= len(buf):
+            wd, mask, _cookie, length = struct.unpack_from("iIII", buf, i)
+            name = os.fsdecode(buf[i + 16 : i + 16 + length].rstrip(b"\0"))
+            i += 16 + length
+            if mask & IN_Q_OVERFLOW:
+                self._hub.overflow()
+                continue
+            with self._lock:
+                dws = list(self._watches.get(wd, ()))
+                if mask & IN_IGNORED:
+                    self._watches.pop(wd, None)
+            if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
+                for dw in dws:
+                    self._hub.watch_lost(dw, wd)
+                continue
+            for dw in dws:
+                dw.on_event(mask, name)
 
-    def files(self) -> set[_TokenFile]:
-        return {f for fs in list(self.names.values()) for f in list(fs)}
+    def stop(self) -> None:
+        self._stopping = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def close_fds(self) -> None:
+        """Close the descriptors without touching the kernel objects through them (after a
+        fork they are the parent's too: writing to the wake pipe would stop its reader)."""
+        for fd in (self.fd, self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class Hub:
-    """The process-wide registry of watched files, directories and sources."""
+    """The process-wide registry of watched directories and sources, and their two threads."""
 
     def __init__(self) -> None:
         self._reset()
@@ -117,8 +246,8 @@ class Hub:
         self.cond = threading.Condition(self.lock)
         self.dirs: dict[str, _DirWatch] = {}
         self.sources: weakref.WeakSet[Any] = weakref.WeakSet()
-        self.inotify: Any = None
-        self.inotify_unavailable: Optional[str] = None  # reason, once warned
+        self.inotify: Optional[_Reader] = None
+        self.inotify_unavailable: Optional[str] = None  # the reason, once warned
         self.timer: Optional[threading.Thread] = None
         self.threads_started = 0
         self.missed_events = False  # the watcher was restarted: re-read every file once
@@ -149,33 +278,39 @@ class Hub:
                 self.next_wake = deadline
                 self.cond.notify_all()
 
-    def watch(self, tfile: _TokenFile, targets: dict[str, set[str]]) -> bool:
-        """Arm watches for ``tfile``: ``targets`` maps directories to entry names. Returns False
-        when inotify is unavailable (the timer covers the file)."""
-        with self.lock:
+    def watch(self, watcher: Watcher, targets: dict[str, set[str]]) -> bool:
+        """Arm watches for ``watcher``: ``targets`` maps directories to entry names. Returns
+        False when inotify is unavailable or a directory cannot be watched yet (the timer
+        covers it, and retries arming)."""
+        with self.cond:
             if not self._ensure_inotify():
                 return False
+            self._ensure_timer()  # it re-arms watches on directories that come back
             ok = True
             for directory, names in targets.items():
                 dw = self.dirs.get(directory)
                 if dw is None:
-                    dw = self.dirs[directory] = _DirWatch(self, directory)
+                    dw = self.dirs[directory] = _DirWatch(directory)
                 for name in names:
-                    dw.names.setdefault(name, set()).add(tfile)
+                    dw.names.setdefault(name, set()).add(watcher)
                 if dw.wd is None and not self._arm(dw):
                     ok = False
+            if not ok:
+                self.cond.notify_all()
             return ok
 
-    def unwatch(self, tfile: _TokenFile) -> None:
+    def unwatch(self, watcher: Watcher) -> None:
         with self.lock:
             for directory, dw in list(self.dirs.items()):
-                for name, files in list(dw.names.items()):
-                    files.discard(tfile)
-                    if not files:
+                for name, ws in list(dw.names.items()):
+                    ws.discard(watcher)
+                    if not ws:
                         del dw.names[name]
                 if not dw.names:
                     del self.dirs[directory]
-                    self._disarm(dw)
+                    if self.inotify is not None:
+                        self.inotify.remove(dw)
+                    dw.wd = None
 
     def watched_directories(self) -> dict[str, bool]:
         """Directories watched, and whether each watch is armed (for diagnostics and tests)."""
@@ -194,19 +329,20 @@ class Hub:
             log.warning(
                 "sa-token: the inotify watcher thread stopped; starting a new one and re-reading tokens"
             )
-            self._drop_inotify()
+            self.inotify.close_fds()
+            self.inotify = None
             self.missed_events = True
         if self.inotify_unavailable is not None:
             return False
-        if _InotifyFD is None:
+        if _libc is None:
             return self._unavailable(f"inotify is not available on this platform ({_IMPORT_ERROR})")
         try:
-            fd = _Reader(self)
+            reader = _Reader(self)
         except OSError as exc:
             return self._unavailable(_describe_inotify_error(exc))
-        fd.start()
+        reader.start()
         self.threads_started += 1
-        self.inotify = fd
+        self.inotify = reader
         for dw in self.dirs.values():
             dw.wd = None
             self._arm(dw)
@@ -215,7 +351,7 @@ class Hub:
     def _unavailable(self, reason: str) -> bool:
         self.inotify_unavailable = reason
         log.warning(
-            "sa-token: %s; tokens are re-read by the fallback timer instead (refresh_interval, "
+            "sa-token: %s; tokens are re-read by the fallback timer instead (every refresh_interval "
             "and at each token's rotation point)",
             reason,
         )
@@ -225,54 +361,34 @@ class Hub:
         if self.inotify is None:
             return False
         try:
-            wd = self.inotify.add_callback(os.fsencode(dw.directory), _MASK, dw, id(dw))
+            dw.wd = self.inotify.add(dw)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EMFILE):
+            if exc.errno == errno.ENOSPC:  # watches exhausted: nothing else will work either
                 self._unavailable(_describe_inotify_error(exc))
             return False
-        if wd == -1:  # watchdog swallows EACCES and records a bogus watch
-            self.inotify.remove_callbacks([(wd, id(dw))])
-            return False
-        dw.wd = wd
         return True
 
-    def _disarm(self, dw: _DirWatch) -> None:
-        if dw.wd is not None and self.inotify is not None:
-            try:
-                self.inotify.remove_callbacks([(dw.wd, id(dw))])
-            except OSError:
-                pass
-        dw.wd = None
-
-    def watch_lost(self, dw: _DirWatch) -> None:
-        """The watched directory was removed or moved: re-arm from the timer thread."""
+    def watch_lost(self, dw: _DirWatch, wd: int) -> None:
+        """The watched directory was removed or moved: re-read now, re-arm from the timer."""
         with self.cond:
-            if dw.wd is not None and self.inotify is not None:
-                try:
-                    self.inotify.remove_callbacks([(dw.wd, id(dw))])
-                except OSError:
-                    pass
-            dw.wd = None
-            self.cond.notify_all()
-        for f in dw.files():
-            f.refresh_safely()
+            if dw.wd == wd:
+                if self.inotify is not None:
+                    self.inotify.remove(dw)
+                dw.wd = None
+                self.cond.notify_all()
+        for w in dw.watchers():
+            w.refresh_safely()
+
+    def overflow(self) -> None:
+        """The kernel dropped events: re-read everything."""
+        with self.lock:
+            watchers = {w for dw in self.dirs.values() for w in dw.watchers()}
+        for w in watchers:
+            w.refresh_safely()
 
     def reader_died(self) -> None:
         with self.cond:
             self.cond.notify_all()
-
-    def _drop_inotify(self) -> None:
-        fd, self.inotify = self.inotify, None
-        if fd is not None:
-            if fd.is_alive():
-                try:
-                    fd.stop()
-                except Exception:  # noqa: S110 - already broken
-                    pass
-            else:  # nobody reads any more: close the descriptors ourselves
-                _close_fds(fd)
-        for dw in self.dirs.values():
-            dw.wd = None
 
     # ---------------------------------------------------------------- timer ---------------
     def _ensure_timer(self) -> None:
@@ -306,19 +422,19 @@ class Hub:
                     return
                 self.dirty = False
                 due, _ = self._scan(time.monotonic())
-                dead = [dw for dw in self.dirs.values() if dw.wd is None]
-                if (
-                    self.dirs
-                    and self.inotify_unavailable is None
-                    and (self.inotify is None or not self.inotify.is_alive())
-                ):
+                if self.dirs and self.inotify_unavailable is None and not self._inotify_ok():
                     self._ensure_inotify()
+                dead = [dw for dw in self.dirs.values() if dw.wd is None]
                 rearmed = [dw for dw in dead if os.path.isdir(dw.directory) and self._arm(dw)]
-            files = {src._file for src in due}
+                watchers: set[Watcher] = {src._file for src in due}
+                if self.missed_events:  # after a fork or a watcher restart: re-read everything
+                    self.missed_events = False
+                    rearmed = list(self.dirs.values())
+                    watchers |= {src._file for src in self.sources}
             for dw in rearmed:
-                files |= dw.files()
-            for f in files:  # outside the lock: reads publish new deadlines through wake_before
-                f.refresh_safely()
+                watchers |= dw.watchers()
+            for w in watchers:  # outside the lock: reads publish new deadlines via wake_before
+                w.refresh_safely()
             for src in due:  # a read that failed for every source still moves the deadline on
                 src._reschedule_background()
             with self.cond:
@@ -347,56 +463,24 @@ class Hub:
         sources = list(self.sources)
         self._reset()
         if old_inotify is not None:
-            _close_fds(old_inotify)
+            old_inotify.close_fds()
         self.dirs = dirs
         for dw in dirs.values():
-            dw.hub = self
             dw.wd = None
-        files = {src._file for src in sources}
-        for f in files:
-            f._after_fork()
+        watchers = {w for dw in dirs.values() for w in dw.watchers()} | {src._file for src in sources}
+        for w in watchers:  # their locks may have been held by a thread that no longer exists
+            reset = getattr(w, "_after_fork", None)
+            if reset is not None:
+                reset()
         for src in sources:
             src._after_fork()
             self.sources.add(src)
-        if sources:
+        if sources or dirs:
             with self.lock:
                 if self.dirs:
                     self._ensure_inotify()
-                self._ensure_timer()
-            for f in files:  # rotations may have happened while we were being forked
-                f.refresh_safely()
-
-
-class _Reader(_InotifyFD if _InotifyFD is not None else object):  # type: ignore[misc]
-    """watchdog's InotifyFD, with a thread name and a report to the hub if the thread dies."""
-
-    def __init__(self, hub: Hub) -> None:
-        super().__init__()
-        self.name = "sa-token-inotify"
-        self._hub = hub
-
-    dead = False
-
-    def run(self) -> None:
-        try:
-            super().run()
-        except BaseException as exc:  # report, never die silently
-            log.warning("sa-token: the inotify watcher thread failed (%s: %s)", type(exc).__name__, exc)
-        finally:
-            self.dead = True
-            self._hub.reader_died()
-
-
-def _close_fds(reader: Any) -> None:
-    """Close an InotifyFD's descriptors without going through it (its thread is gone, or they
-    are the parent's after a fork: writing to its kill pipe would stop the parent's reader)."""
-    for attr in ("_inotify_fd", "_kill_r", "_kill_w"):
-        fd = getattr(reader, attr, None)
-        if isinstance(fd, int):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+                self.missed_events = True  # the timer re-reads everything: rotations may have
+                self._ensure_timer()  # happened while we were being forked
 
 
 def _describe_inotify_error(exc: OSError) -> str:

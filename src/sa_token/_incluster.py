@@ -1,0 +1,147 @@
+"""What the Kubernetes client integrations share: in-cluster discovery, the namespace file, and
+the ``refresh_api_key_hook`` objects. No client library is imported here."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Awaitable, Mapping
+from typing import Any, Optional, Union
+
+from ._ca import DEFAULT_CA_PATH, CABundle
+from ._source import DEFAULT_TOKEN_PATH, TokenSource
+from .errors import TokenFileError
+
+__all__ = [
+    "DEFAULT_CA_PATH",
+    "DEFAULT_NAMESPACE_PATH",
+    "DEFAULT_TOKEN_PATH",
+    "SERVICE_HOST_ENV",
+    "SERVICE_PORT_ENV",
+    "AsyncTokenHook",
+    "TokenHook",
+    "join_host_port",
+    "not_in_cluster_reason",
+    "read_namespace",
+    "service_url",
+]
+
+SERVICE_HOST_ENV = "KUBERNETES_SERVICE_HOST"
+SERVICE_PORT_ENV = "KUBERNETES_SERVICE_PORT"
+# The namespace file of the kube-api-access volume, next to the token and ca.crt.
+DEFAULT_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# A namespace name is a DNS-1123 label: at most 63 lowercase alphanumerics or '-'.
+_NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# The namespace file holds one short name; anything larger is not a namespace file.
+_MAX_NAMESPACE_BYTES = 4096
+
+
+def join_host_port(host: str, port: str) -> str:
+    """Go's ``net.JoinHostPort``: bracket IPv6 literals (and zoned addresses)."""
+    if ":" in host or "%" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def not_in_cluster_reason(environ: Mapping[str, str]) -> Optional[str]:
+    """Why ``environ`` does not look like a pod's, or None."""
+    missing = [k for k in (SERVICE_HOST_ENV, SERVICE_PORT_ENV) if k not in environ]
+    if missing:
+        return (
+            f"not running in a Kubernetes pod: {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not set (the kubelet sets both in every container); "
+            "outside a cluster, load a kubeconfig instead"
+        )
+    empty = [k for k in (SERVICE_HOST_ENV, SERVICE_PORT_ENV) if not environ[k].strip()]
+    if empty:
+        verb = "is" if len(empty) == 1 else "are"
+        return f"not running in a Kubernetes pod: {' and '.join(empty)} {verb} empty"
+    return None
+
+
+def service_url(environ: Mapping[str, str]) -> str:
+    """``https://host:port`` of the API server from the service environment variables (call
+    :func:`not_in_cluster_reason` first)."""
+    return "https://" + join_host_port(environ[SERVICE_HOST_ENV].strip(), environ[SERVICE_PORT_ENV].strip())
+
+
+def read_namespace(path: Union[str, os.PathLike[str]] = DEFAULT_NAMESPACE_PATH) -> str:
+    """The pod's namespace from the ServiceAccount volume's ``namespace`` file.
+
+    Raises :class:`~sa_token.TokenFileError` naming the file when it is missing, unreadable,
+    empty or does not hold a namespace name."""
+    p = os.fspath(path)
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(_MAX_NAMESPACE_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise TokenFileError(
+            f"namespace file {p} does not exist: in a pod, it is mounted with the ServiceAccount token "
+            "(automountServiceAccountToken must not be false)",
+            path=p,
+            errno=exc.errno,
+        ) from None
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        raise TokenFileError(f"cannot read namespace file {p}: {reason}", path=p, errno=exc.errno) from None
+    name = raw.strip().decode("utf-8", "replace")
+    if not name:
+        raise TokenFileError(f"namespace file {p} is empty", path=p)
+    if len(raw) > _MAX_NAMESPACE_BYTES or not _NAMESPACE_RE.match(name):
+        raise TokenFileError(f"namespace file {p} does not hold a namespace name (a DNS-1123 label)", path=p)
+    return name
+
+
+class TokenHook:
+    """A ``Configuration.refresh_api_key_hook``: writes ``Bearer <current token>`` into the
+    configuration it is called with, before each request.
+
+    ``Configuration`` objects are deep-copied (``get_default_copy``, ``set_default``); the hook
+    returns itself from ``__deepcopy__``, so every copy shares one :class:`TokenSource` (and
+    :class:`CABundle`), and each copy gets the current token written into its own ``api_key``.
+    """
+
+    def __init__(self, source: TokenSource, ca: Optional[CABundle], keys: tuple[str, ...]) -> None:
+        self.source = source
+        self.ca = ca
+        self.keys = keys
+
+    def header(self) -> str:
+        return "Bearer " + self.source.token()
+
+    def _set(self, configuration: Any, value: str) -> None:
+        api_key = configuration.api_key
+        for key in self.keys:
+            if api_key.get(key) != value:
+                api_key[key] = value
+
+    def __call__(self, configuration: Any) -> Optional[Awaitable[None]]:
+        self._set(configuration, self.header())
+        return None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TokenHook:
+        return self
+
+    def __copy__(self) -> TokenHook:
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(source={self.source!r})"
+
+
+class AsyncTokenHook(TokenHook):
+    """The hook for the asyncio clients, which await its result when it is a coroutine: no
+    coroutine (and no await) while the token is cached; a file read runs in a worker thread."""
+
+    def __call__(self, configuration: Any) -> Optional[Awaitable[None]]:
+        value = self.source.token_nowait()
+        if value is not None:
+            self._set(configuration, "Bearer " + value)
+            return None
+        return self._slow(configuration)
+
+    async def _slow(self, configuration: Any) -> None:
+        self._set(configuration, "Bearer " + await self.source.atoken())
+
+    async def aheader(self) -> str:
+        return "Bearer " + await self.source.atoken()

@@ -1,0 +1,194 @@
+"""In-cluster configuration for the official asyncio client ``kubernetes.aio`` (kubernetes >= 37).
+
+>>> from sa_token.kubernetes.aio import ApiClient, load_incluster_config
+>>> load_incluster_config()
+>>> async with ApiClient() as api:
+...     pods = await kubernetes.aio.client.CoreV1Api(api).list_namespaced_pod("default")
+
+Same behaviour as :mod:`sa_token.kubernetes`, adapted to asyncio:
+
+* the ``refresh_api_key_hook`` returns nothing while the token is cached (no file I/O, no
+  coroutine); when a re-read is due it returns a coroutine that awaits
+  :meth:`TokenSource.atoken` (the read runs in a worker thread, never on the event loop);
+* :class:`ApiClient` retries a 401 once with a re-read token and follows CA rotations. The
+  stock ``kubernetes.aio`` REST client builds its ``SSLContext`` once, so without it a rotated
+  cluster CA fails every new connection until the process restarts. On a new valid ``ca.crt``
+  the next request gets a new REST client (a new aiohttp session) built from the new PEM; the
+  old one keeps serving requests already in flight (watches) and is closed with the
+  ``ApiClient``.
+* ``set_default`` only installs the ``Configuration`` default: an ``ApiClient`` holds an aiohttp
+  session bound to one event loop, so create :class:`ApiClient` yourself (``async with``).
+
+Needs the ``kubernetes`` extra: ``pip install 'sa-token[kubernetes]'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+try:
+    import kubernetes.aio.client as _aio_client
+    import kubernetes.aio.client.rest as _aio_rest
+    from kubernetes.aio.config.config_exception import ConfigException as _ConfigException
+except ImportError as _exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "sa_token.kubernetes.aio needs the kubernetes package (>= 37, with kubernetes.aio): "
+        "pip install 'sa-token[kubernetes]'"
+    ) from _exc
+
+from sa_token._ca import CABundle
+from sa_token._incluster import (
+    DEFAULT_CA_PATH,
+    DEFAULT_NAMESPACE_PATH,
+    DEFAULT_TOKEN_PATH,
+    AsyncTokenHook,
+    not_in_cluster_reason,
+    read_namespace,
+    service_url,
+)
+from sa_token._source import TokenSource
+from sa_token.errors import TokenError, TokenFileError
+
+__all__ = [
+    "DEFAULT_CA_PATH",
+    "DEFAULT_NAMESPACE_PATH",
+    "DEFAULT_TOKEN_PATH",
+    "ApiClient",
+    "NotInClusterError",
+    "load_incluster_config",
+    "read_namespace",
+]
+
+_KEYS = ("BearerToken", "authorization")
+
+
+class NotInClusterError(TokenError, _ConfigException):
+    """Not running in a pod (see :class:`sa_token.kubernetes.NotInClusterError`). Also a
+    ``kubernetes.aio.config.ConfigException``."""
+
+
+def load_incluster_config(
+    configuration: Optional[_aio_client.Configuration] = None,
+    *,
+    token_path: Union[str, os.PathLike[str]] = DEFAULT_TOKEN_PATH,
+    ca_path: Union[str, os.PathLike[str]] = DEFAULT_CA_PATH,
+    source: Optional[TokenSource] = None,
+    ca: Optional[CABundle] = None,
+    set_default: Optional[bool] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> _aio_client.Configuration:
+    """Configure ``kubernetes.aio`` for the pod's cluster; returns the configuration.
+
+    Options as :func:`sa_token.kubernetes.load_incluster_config`. Synchronous (it reads the
+    token and CA files once); call it at startup, before the event loop is busy.
+    """
+    env = os.environ if environ is None else environ
+    reason = not_in_cluster_reason(env)
+    if reason is not None:
+        raise NotInClusterError(reason)
+    created: Optional[TokenSource] = None
+    try:
+        if source is None:
+            source = created = TokenSource(token_path)
+        if ca is None:
+            ca = CABundle(ca_path)
+    except TokenFileError as exc:
+        if created is not None:
+            created.close()
+        if exc.errno == errno.ENOENT:
+            raise NotInClusterError(str(exc), path=exc.path) from exc
+        raise
+    if set_default is None:
+        set_default = configuration is None
+    if configuration is None:
+        configuration = _aio_client.Configuration()
+    hook = AsyncTokenHook(source, ca, _KEYS)
+    configuration.host = service_url(env)
+    configuration.ssl_ca_cert = ca.path
+    for key in _KEYS:
+        configuration.api_key_prefix.pop(key, None)
+    hook._set(configuration, hook.header())  # auth_settings() only looks for keys that exist
+    conf: Any = configuration  # typed as Optional[Callable] in kubernetes; our hook is callable
+    conf.refresh_api_key_hook = hook
+    if set_default:
+        _aio_client.Configuration.set_default(configuration)
+    return configuration
+
+
+class ApiClient(_aio_client.ApiClient):
+    """``kubernetes.aio.client.ApiClient`` that retries a 401 once with a re-read token and
+    follows CA rotations. Takes the same arguments; plain behaviour for configurations not made
+    by :func:`load_incluster_config`."""
+
+    def __init__(
+        self, configuration: Optional[_aio_client.Configuration] = None, *args: Any, **kwargs: Any
+    ) -> None:
+        super().__init__(configuration, *args, **kwargs)
+        hook = self.configuration.refresh_api_key_hook
+        self._sa_hook: Optional[AsyncTokenHook] = hook if isinstance(hook, AsyncTokenHook) else None
+        self._sa_ca_generation = 0
+        self._sa_retired: list[Any] = []
+        self._sa_check_ca()
+
+    def _sa_check_ca(self) -> None:
+        hook = self._sa_hook
+        if hook is None or hook.ca is None:
+            return
+        conf = self.configuration
+        if conf.ssl_ca_cert != hook.ca.path or getattr(conf, "ca_cert_data", None) is not None:
+            return  # the caller chose other TLS settings
+        ca = hook.ca
+        pem = ca.pem  # a stat at most every check_interval; inotify does the rest off the loop
+        if ca.generation == self._sa_ca_generation:
+            return
+        rest_conf = copy.copy(conf)  # shallow: only the CA settings differ
+        rest_conf.ssl_ca_cert = None
+        rest_conf.ca_cert_data = pem.decode("ascii")
+        old, self.rest_client = self.rest_client, _aio_rest.RESTClientObject(rest_conf)
+        self._sa_ca_generation = ca.generation
+        self._sa_retired.append(old)  # may carry a watch in flight: closed with the client
+
+    async def close(self) -> None:
+        retired, self._sa_retired = self._sa_retired, []
+        for rest in retired:
+            await rest.close()
+        await super().close()  # type: ignore[no-untyped-call]
+
+    async def call_api(
+        self,
+        method: str,
+        url: str,
+        header_params: Optional[dict[str, Any]] = None,
+        body: Any = None,
+        post_params: Any = None,
+        _request_timeout: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        self._sa_check_ca()
+        hook = self._sa_hook
+        start = time.time()
+        headers = dict(header_params) if header_params is not None else None
+        response = await super().call_api(
+            method, url, headers, body, post_params, _request_timeout, *args, **kwargs
+        )
+        if (
+            response.status != 401
+            or hook is None
+            or header_params is None
+            or "authorization" not in header_params
+            or self.configuration.refresh_api_key_hook is not hook
+        ):
+            return response
+        response.response.release()
+        hook.source.invalidate(older_than=start)
+        retry_headers = dict(header_params)
+        retry_headers["authorization"] = await hook.aheader()
+        return await super().call_api(
+            method, url, retry_headers, body, post_params, _request_timeout, *args, **kwargs
+        )

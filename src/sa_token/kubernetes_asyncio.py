@@ -1,0 +1,208 @@
+"""In-cluster configuration for ``kubernetes_asyncio``, with rotating tokens and CA.
+
+>>> from sa_token.kubernetes_asyncio import ApiClient, load_incluster_config
+>>> load_incluster_config()
+>>> async with ApiClient() as api:
+...     pods = await kubernetes_asyncio.client.CoreV1Api(api).list_namespaced_pod("default")
+
+Compared with ``kubernetes_asyncio.config.load_incluster_config()``:
+
+* the token comes from a :class:`~sa_token.TokenSource` through ``refresh_api_key_hook``; the
+  library's own hook re-reads the file with a blocking ``open()`` on the event loop once a
+  minute, ours returns nothing while the token is cached and otherwise a coroutine that reads
+  in a worker thread (:meth:`TokenSource.atoken`). The hook is shared by every deep copy of the
+  configuration.
+* :class:`ApiClient` retries a 401 once with a re-read token (its ``request`` method is the
+  seam: it sees the headers and the ``ApiException`` the REST client raises), and follows CA
+  rotations: ``kubernetes_asyncio``'s REST client builds ``ssl.create_default_context(cafile=)``
+  once, so a rotated cluster CA otherwise fails every new connection until a restart. When the
+  :class:`~sa_token.CABundle` sees a new valid ``ca.crt``, the next request gets a new REST
+  client (new aiohttp session) built from the file; the old one keeps serving requests in
+  flight and is closed with the ``ApiClient``. An unusable new ``ca.crt`` keeps the old client.
+* ``kubernetes_asyncio``'s ``CoreV1Api()`` without an ``ApiClient`` creates a stock one: pass
+  an :class:`ApiClient` to get the 401 retry and the CA rotation.
+
+Needs the ``kubernetes-asyncio`` extra: ``pip install 'sa-token[kubernetes-asyncio]'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import logging
+import os
+import ssl
+import time
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+try:
+    import kubernetes_asyncio.client as _client
+    import kubernetes_asyncio.client.rest as _rest
+    from kubernetes_asyncio.client.exceptions import ApiException as _ApiException
+    from kubernetes_asyncio.config.config_exception import ConfigException as _ConfigException
+except ImportError as _exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "sa_token.kubernetes_asyncio needs kubernetes_asyncio: pip install 'sa-token[kubernetes-asyncio]'"
+    ) from _exc
+
+from ._ca import CABundle
+from ._incluster import (
+    DEFAULT_CA_PATH,
+    DEFAULT_NAMESPACE_PATH,
+    DEFAULT_TOKEN_PATH,
+    AsyncTokenHook,
+    not_in_cluster_reason,
+    read_namespace,
+    service_url,
+)
+from ._source import TokenSource
+from .errors import TokenError, TokenFileError
+
+__all__ = [
+    "DEFAULT_CA_PATH",
+    "DEFAULT_NAMESPACE_PATH",
+    "DEFAULT_TOKEN_PATH",
+    "ApiClient",
+    "NotInClusterError",
+    "load_incluster_config",
+    "read_namespace",
+]
+
+log = logging.getLogger("sa_token")
+
+# kubernetes_asyncio's auth_settings() only looks at "BearerToken".
+_KEYS = ("BearerToken",)
+
+
+class NotInClusterError(TokenError, _ConfigException):
+    """Not running in a pod (see :class:`sa_token.kubernetes.NotInClusterError`). Also a
+    ``kubernetes_asyncio.config.ConfigException``."""
+
+
+def load_incluster_config(
+    configuration: Optional[_client.Configuration] = None,
+    *,
+    token_path: Union[str, os.PathLike[str]] = DEFAULT_TOKEN_PATH,
+    ca_path: Union[str, os.PathLike[str]] = DEFAULT_CA_PATH,
+    source: Optional[TokenSource] = None,
+    ca: Optional[CABundle] = None,
+    set_default: Optional[bool] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> _client.Configuration:
+    """Configure ``kubernetes_asyncio`` for the pod's cluster; returns the configuration.
+
+    Options as :func:`sa_token.kubernetes.load_incluster_config` (``set_default`` installs only
+    the ``Configuration`` default). Synchronous: call it at startup.
+    """
+    env = os.environ if environ is None else environ
+    reason = not_in_cluster_reason(env)
+    if reason is not None:
+        raise NotInClusterError(reason)
+    created: Optional[TokenSource] = None
+    try:
+        if source is None:
+            source = created = TokenSource(token_path)
+        if ca is None:
+            ca = CABundle(ca_path)
+    except TokenFileError as exc:
+        if created is not None:
+            created.close()
+        if exc.errno == errno.ENOENT:
+            raise NotInClusterError(str(exc), path=exc.path) from exc
+        raise
+    if set_default is None:
+        set_default = configuration is None
+    if configuration is None:
+        configuration = _client.Configuration()
+    hook = AsyncTokenHook(source, ca, _KEYS)
+    configuration.host = service_url(env)
+    configuration.ssl_ca_cert = ca.path
+    configuration.api_key_prefix.pop("BearerToken", None)  # the value carries "Bearer " itself
+    hook._set(configuration, hook.header())  # auth_settings() only looks for keys that exist
+    conf: Any = configuration
+    conf.refresh_api_key_hook = hook
+    if set_default:
+        _client.Configuration.set_default(configuration)
+    return configuration
+
+
+class ApiClient(_client.ApiClient):
+    """``kubernetes_asyncio.client.ApiClient`` that retries a 401 once with a re-read token and
+    follows CA rotations. Same arguments; plain behaviour for configurations not made by
+    :func:`load_incluster_config`."""
+
+    def __init__(
+        self, configuration: Optional[_client.Configuration] = None, *args: Any, **kwargs: Any
+    ) -> None:
+        super().__init__(configuration, *args, **kwargs)
+        hook = self.configuration.refresh_api_key_hook
+        self._sa_hook: Optional[AsyncTokenHook] = hook if isinstance(hook, AsyncTokenHook) else None
+        # The REST client just built loaded ca.crt as CABundle validated it (or very nearly so).
+        ca = self._sa_hook.ca if self._sa_hook is not None else None
+        self._sa_ca_generation = ca.generation if ca is not None else 0
+        self._sa_retired: list[Any] = []
+
+    def _sa_check_ca(self) -> None:
+        hook = self._sa_hook
+        if hook is None or hook.ca is None or self.configuration.ssl_ca_cert != hook.ca.path:
+            return
+        ca = hook.ca
+        ca.pem  # noqa: B018 - re-checks the file at most every check_interval (inotify does the rest)
+        generation = ca.generation
+        if generation == self._sa_ca_generation:
+            return
+        self._sa_ca_generation = generation
+        # kubernetes_asyncio only takes a CA *file*: it is re-read here, right after CABundle
+        # validated it. If it changed again in between and is now unusable, keep the old client.
+        try:
+            new = _rest.RESTClientObject(copy.copy(self.configuration))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.warning("sa-token: cannot load the new CA bundle %s (%s); keeping the old one", ca.path, exc)
+            return
+        old, self.rest_client = self.rest_client, new
+        self._sa_retired.append(old)  # may carry a watch in flight: closed with the client
+
+    async def close(self) -> None:
+        retired, self._sa_retired = self._sa_retired, []
+        for rest in retired:
+            await rest.close()
+        await super().close()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        query_params: Any = None,
+        headers: Optional[dict[str, Any]] = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        self._sa_check_ca()
+        hook = self._sa_hook
+        start = time.time()
+        first = dict(headers) if headers is not None else None  # the REST client edits headers
+        try:
+            response = await super().request(method, url, query_params, first, *args, **kwargs)
+        except _ApiException as exc:
+            if exc.status != 401 or not self._sa_retry_applies(headers):
+                raise
+        else:
+            if getattr(response, "status", None) != 401 or not self._sa_retry_applies(headers):
+                return response
+            response.release()  # _preload_content=False: a raw aiohttp response
+        assert hook is not None
+        assert headers is not None
+        hook.source.invalidate(older_than=start)
+        retry = dict(headers)
+        retry["authorization"] = await hook.aheader()
+        return await super().request(method, url, query_params, retry, *args, **kwargs)
+
+    def _sa_retry_applies(self, headers: Optional[dict[str, Any]]) -> bool:
+        hook = self._sa_hook
+        return (
+            hook is not None
+            and headers is not None
+            and "authorization" in headers
+            and self.configuration.refresh_api_key_hook is hook
+        )

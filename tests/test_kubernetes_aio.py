@@ -1,0 +1,131 @@
+"""sa_token.kubernetes.aio drives the real ``kubernetes.aio`` client against a FakeAPIServer (TLS)
+across token rotations, a CA rotation and a 401."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+aio = pytest.importorskip("kubernetes.aio.client")
+
+from kubernetes.aio.config.config_exception import ConfigException  # noqa: E402
+
+from _k8s_env import Cluster, make_cluster  # noqa: E402
+from sa_token import TokenSource  # noqa: E402
+from sa_token._incluster import AsyncTokenHook  # noqa: E402
+from sa_token.kubernetes.aio import ApiClient, NotInClusterError, load_incluster_config  # noqa: E402
+from sa_token.testing import TokenIssuer  # noqa: E402
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, token_issuer: TokenIssuer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    yield from make_cluster(tmp_path, token_issuer, monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def restore_defaults() -> Iterator[None]:
+    conf = aio.Configuration._default
+    yield
+    aio.Configuration._default = conf
+
+
+async def until(cond: object, timeout: float = 5.0) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if cond():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.01)
+    return bool(cond())  # type: ignore[operator]
+
+
+@pytest.mark.asyncio
+async def test_three_rotations_list_pods_and_version(cluster: Cluster) -> None:
+    conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path)
+    assert aio.Configuration._default is not None  # set_default by default
+    source: TokenSource = conf.refresh_api_key_hook.source
+    async with ApiClient() as api:  # from the default configuration's deep copy
+        assert api.configuration.refresh_api_key_hook is conf.refresh_api_key_hook
+        v1 = aio.CoreV1Api(api)
+        for _ in range(3):
+            expected = cluster.rotate()
+            assert await until(lambda: source.current().claims["jti"] == expected)  # noqa: B023
+            pods = await v1.list_namespaced_pod("team-a")
+            assert [p.metadata.name for p in pods.items] == ["app-0", "app-1"]
+            version = await aio.VersionApi(api).get_code()
+            assert version.git_version.startswith("v1.")
+            seen = cluster.server.requests[-2:]
+            assert [(r.status, r.token_jti, r.scheme) for r in seen] == [(200, expected, "Bearer")] * 2
+
+
+@pytest.mark.asyncio
+async def test_hook_needs_no_await_while_cached_and_reads_off_loop(cluster: Cluster) -> None:
+    conf = load_incluster_config(
+        token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False,
+        source=TokenSource(cluster.token_path, watch=False),
+    )
+    hook = conf.refresh_api_key_hook
+    assert isinstance(hook, AsyncTokenHook)
+    assert hook(conf) is None  # cached: no coroutine
+    new = cluster.rotate()
+    hook.source.invalidate()  # a re-read is due: the hook must hand back a coroutine
+    result = hook(conf)
+    assert asyncio.iscoroutine(result)
+    await result
+    assert await conf.get_api_key_with_prefix("BearerToken") == "Bearer " + cluster.kubelet.current
+    assert hook.source.current().claims["jti"] == new
+    assert copy.deepcopy(conf).refresh_api_key_hook is hook
+
+
+@pytest.mark.asyncio
+async def test_ca_rotation_builds_a_new_session_with_the_new_ca(cluster: Cluster) -> None:
+    conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False)
+    ca = conf.refresh_api_key_hook.ca
+    stock = aio.ApiClient(copy.deepcopy(conf))  # builds its SSLContext once, now
+    async with ApiClient(conf) as api, stock:
+        v1 = aio.CoreV1Api(api)
+        await v1.list_namespaced_pod("team-a")
+        old_rest = api.rest_client
+        cluster.rotate_ca()
+        assert await until(lambda: ca.generation == 2)
+        await v1.list_namespaced_pod("team-a")  # on a new session: a new TLS connection
+        assert api.rest_client is not old_rest
+        assert cluster.server.requests[-1].status == 200
+        assert cluster.server.handshake_failures == 0
+        # the stock client still trusts only the old CA: its first connection fails
+        with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+            await aio.CoreV1Api(stock).list_namespaced_pod("team-a")
+
+
+@pytest.mark.asyncio
+async def test_401_is_retried_once(cluster: Cluster) -> None:
+    conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False)
+    source = conf.refresh_api_key_hook.source
+    async with ApiClient(conf) as api:
+        read_at = source.read_at
+        cluster.server.clear()
+        cluster.server.fail_next(1)
+        pods = await aio.CoreV1Api(api).list_namespaced_pod("team-a")
+        assert len(pods.items) == 2
+        assert [r.status for r in cluster.server.requests] == [401, 200]
+        assert source.read_at > read_at
+        cluster.server.clear()
+        cluster.server.fail_next(2)
+        with pytest.raises(aio.ApiException) as info:
+            await aio.VersionApi(api).get_code()
+        assert info.value.status == 401
+        assert len(cluster.server.requests) == 2
+
+
+def test_out_of_cluster_and_ipv6(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
+    conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False)
+    assert conf.host == f"https://[fd00::1]:{cluster.server.port}"
+    monkeypatch.delenv("KUBERNETES_SERVICE_PORT")
+    with pytest.raises(NotInClusterError, match="KUBERNETES_SERVICE_PORT is not set") as info:
+        load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path)
+    assert isinstance(info.value, ConfigException)
