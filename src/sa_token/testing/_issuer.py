@@ -93,7 +93,7 @@ class TokenIssuer:
             exp = iat + EXTENDED_EXPIRATION_SECONDS
         claims: dict[str, Any] = {
             "aud": auds,  # always a JSON array (kubernetes/kubernetes#133569)
-            "exp": int(exp) if float(exp).is_integer() else exp,
+            "exp": int(exp),  # whole seconds, like kube-apiserver (and what verifiers compare)
             "iat": iat,
             "iss": self.issuer,
             "jti": str(uuid.uuid4()),

@@ -152,6 +152,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
+    # Headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm holds the
+    # second one back for ~40 ms (the delayed ACK of the client).
+    disable_nagle_algorithm = True
     server: _Server
 
     def version_string(self) -> str:
@@ -377,9 +380,10 @@ class FakeAPIServer:
             return list(self._records)
 
     def clear(self) -> None:
-        """Forget the recorded requests."""
+        """Forget the recorded requests and any pending :meth:`fail_next`."""
         with self._lock:
             self._records.clear()
+            self._forced.clear()
 
     def fail_next(self, n: int = 1, *, status: int = 401) -> None:
         """Answer the next ``n`` authenticated-path requests with ``status`` (401 by default),
