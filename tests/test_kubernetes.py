@@ -181,3 +181,24 @@ def test_read_namespace(cluster: Cluster) -> None:
     bad.write_text("Not_A_Namespace\n")
     with pytest.raises(TokenFileError, match="does not hold a namespace name"):
         read_namespace(bad)
+
+
+def test_namespace_path_sets_configuration_namespace(cluster: Cluster) -> None:
+    ns_path = cluster.volume.path("namespace")
+    conf = load_incluster_config(
+        token_path=cluster.token_path, ca_path=cluster.ca_path, namespace_path=ns_path, set_default=False
+    )
+    assert conf.namespace == "team-a"
+    conf = load_incluster_config(
+        token_path=cluster.token_path,
+        ca_path=cluster.ca_path,
+        namespace_path=cluster.volume.directory / "missing",
+        set_default=False,
+    )
+    assert conf.namespace is None  # custom volumes often have no namespace file
+    bad = cluster.volume.directory / "ns-bad"
+    bad.write_text("Not_A_Namespace\n")
+    with pytest.raises(TokenFileError, match="does not hold a namespace name"):
+        load_incluster_config(
+            token_path=cluster.token_path, ca_path=cluster.ca_path, namespace_path=bad, set_default=False
+        )

@@ -45,7 +45,10 @@ async def until(cond: object, timeout: float = 5.0) -> bool:
 
 @pytest.mark.asyncio
 async def test_three_rotations_list_pods_and_version(cluster: Cluster) -> None:
-    conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path)
+    conf = load_incluster_config(
+        token_path=cluster.token_path, ca_path=cluster.ca_path, namespace_path=cluster.volume.path("namespace")
+    )
+    assert conf.namespace == "team-a"
     assert aio.Configuration._default is not None  # set_default by default
     source: TokenSource = conf.refresh_api_key_hook.source
     async with ApiClient() as api:  # from the default configuration's deep copy

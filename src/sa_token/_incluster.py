@@ -3,6 +3,7 @@ the ``refresh_api_key_hook`` objects. No client library is imported here."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Awaitable, Mapping
@@ -19,10 +20,12 @@ __all__ = [
     "SERVICE_HOST_ENV",
     "SERVICE_PORT_ENV",
     "AsyncTokenHook",
+    "InCluster",
     "TokenHook",
     "join_host_port",
     "not_in_cluster_reason",
     "read_namespace",
+    "resolve",
     "service_url",
 ]
 
@@ -57,6 +60,54 @@ def not_in_cluster_reason(environ: Mapping[str, str]) -> Optional[str]:
         verb = "is" if len(empty) == 1 else "are"
         return f"not running in a Kubernetes pod: {' and '.join(empty)} {verb} empty"
     return None
+
+
+class InCluster:
+    """What every ``load_incluster_config`` needs, resolved once (see :func:`resolve`)."""
+
+    def __init__(self, host: str, source: TokenSource, ca: CABundle, namespace: Optional[str]) -> None:
+        self.host = host
+        self.source = source
+        self.ca = ca
+        self.namespace = namespace
+
+
+def resolve(  # noqa: PLR0917 - internal, called the same way by three modules
+    environ: Optional[Mapping[str, str]],
+    token_path: Union[str, os.PathLike[str]],
+    ca_path: Union[str, os.PathLike[str]],
+    namespace_path: Union[str, os.PathLike[str], None],
+    source: Optional[TokenSource],
+    ca: Optional[CABundle],
+    not_in_cluster: type[Exception],
+) -> InCluster:
+    """The API server URL, token source, CA bundle and namespace of the pod's cluster.
+
+    Raises ``not_in_cluster`` (a ``TokenError`` and the client's ``ConfigException``) when the
+    service environment variables or the ServiceAccount files are missing, and the
+    :mod:`sa_token.errors` types for files that exist but cannot be used. ``namespace`` is None
+    when the namespace file does not exist (custom volumes often omit it).
+    """
+    env = os.environ if environ is None else environ
+    reason = not_in_cluster_reason(env)
+    if reason is not None:
+        raise not_in_cluster(reason)
+    created: Optional[TokenSource] = None
+    try:
+        if source is None:
+            source = created = TokenSource(token_path)
+        if ca is None:
+            ca = CABundle(ca_path)
+    except TokenFileError as exc:
+        if created is not None:
+            created.close()
+        if exc.errno == errno.ENOENT:  # no ServiceAccount volume here
+            raise not_in_cluster(str(exc), path=exc.path) from exc  # type: ignore[call-arg]
+        raise
+    namespace = None
+    if namespace_path is not None and os.path.lexists(namespace_path):
+        namespace = read_namespace(namespace_path)
+    return InCluster(service_url(env), source, ca, namespace)
 
 
 def service_url(environ: Mapping[str, str]) -> str:

@@ -28,7 +28,6 @@ Needs the ``kubernetes-asyncio`` extra: ``pip install 'sa-token[kubernetes-async
 from __future__ import annotations
 
 import copy
-import errno
 import logging
 import os
 import ssl
@@ -52,12 +51,11 @@ from ._incluster import (
     DEFAULT_NAMESPACE_PATH,
     DEFAULT_TOKEN_PATH,
     AsyncTokenHook,
-    not_in_cluster_reason,
     read_namespace,
-    service_url,
+    resolve,
 )
 from ._source import TokenSource
-from .errors import TokenError, TokenFileError
+from .errors import TokenError
 
 __all__ = [
     "DEFAULT_CA_PATH",
@@ -85,6 +83,7 @@ def load_incluster_config(
     *,
     token_path: Union[str, os.PathLike[str]] = DEFAULT_TOKEN_PATH,
     ca_path: Union[str, os.PathLike[str]] = DEFAULT_CA_PATH,
+    namespace_path: Union[str, os.PathLike[str], None] = DEFAULT_NAMESPACE_PATH,
     source: Optional[TokenSource] = None,
     ca: Optional[CABundle] = None,
     set_default: Optional[bool] = None,
@@ -95,32 +94,19 @@ def load_incluster_config(
     Options as :func:`sa_token.kubernetes.load_incluster_config` (``set_default`` installs only
     the ``Configuration`` default). Synchronous: call it at startup.
     """
-    env = os.environ if environ is None else environ
-    reason = not_in_cluster_reason(env)
-    if reason is not None:
-        raise NotInClusterError(reason)
-    created: Optional[TokenSource] = None
-    try:
-        if source is None:
-            source = created = TokenSource(token_path)
-        if ca is None:
-            ca = CABundle(ca_path)
-    except TokenFileError as exc:
-        if created is not None:
-            created.close()
-        if exc.errno == errno.ENOENT:
-            raise NotInClusterError(str(exc), path=exc.path) from exc
-        raise
+    found = resolve(environ, token_path, ca_path, namespace_path, source, ca, NotInClusterError)
+    source, ca = found.source, found.ca
     if set_default is None:
         set_default = configuration is None
     if configuration is None:
         configuration = _client.Configuration()
     hook = AsyncTokenHook(source, ca, _KEYS)
-    configuration.host = service_url(env)
+    configuration.host = found.host
+    conf: Any = configuration  # typed as Optional[Callable] in kubernetes; our hook is callable
+    conf.namespace = found.namespace
     configuration.ssl_ca_cert = ca.path
     configuration.api_key_prefix.pop("BearerToken", None)  # the value carries "Bearer " itself
     hook._set(configuration, hook.header())  # auth_settings() only looks for keys that exist
-    conf: Any = configuration
     conf.refresh_api_key_hook = hook
     if set_default:
         _client.Configuration.set_default(configuration)

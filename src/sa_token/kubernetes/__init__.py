@@ -36,7 +36,6 @@ Needs the ``kubernetes`` extra: ``pip install 'sa-token[kubernetes]'``.
 from __future__ import annotations
 
 import copy
-import errno
 import os
 import threading
 import time
@@ -57,12 +56,11 @@ from sa_token._incluster import (
     DEFAULT_NAMESPACE_PATH,
     DEFAULT_TOKEN_PATH,
     TokenHook,
-    not_in_cluster_reason,
     read_namespace,
-    service_url,
+    resolve,
 )
 from sa_token._source import TokenSource
-from sa_token.errors import TokenError, TokenFileError
+from sa_token.errors import TokenError
 
 __all__ = [
     "DEFAULT_CA_PATH",
@@ -84,37 +82,12 @@ class NotInClusterError(TokenError, _ConfigException):
     so the usual ``except ConfigException: load_kube_config()`` fallback keeps working."""
 
 
-def _resources(
-    environ: Mapping[str, str],
-    token_path: Union[str, os.PathLike[str]],
-    ca_path: Union[str, os.PathLike[str]],
-    source: Optional[TokenSource],
-    ca: Optional[CABundle],
-) -> tuple[str, TokenSource, CABundle]:
-    reason = not_in_cluster_reason(environ)
-    if reason is not None:
-        raise NotInClusterError(reason)
-    host = service_url(environ)
-    created: Optional[TokenSource] = None
-    try:
-        if source is None:
-            source = created = TokenSource(token_path)
-        if ca is None:
-            ca = CABundle(ca_path)
-    except TokenFileError as exc:
-        if created is not None:
-            created.close()
-        if exc.errno == errno.ENOENT:  # no ServiceAccount volume here
-            raise NotInClusterError(str(exc), path=exc.path) from exc
-        raise
-    return host, source, ca
-
-
 def load_incluster_config(
     configuration: Optional[_k8s_client.Configuration] = None,
     *,
     token_path: Union[str, os.PathLike[str]] = DEFAULT_TOKEN_PATH,
     ca_path: Union[str, os.PathLike[str]] = DEFAULT_CA_PATH,
+    namespace_path: Union[str, os.PathLike[str], None] = DEFAULT_NAMESPACE_PATH,
     source: Optional[TokenSource] = None,
     ca: Optional[CABundle] = None,
     set_default: Optional[bool] = None,
@@ -124,8 +97,11 @@ def load_incluster_config(
 
     * ``configuration``: fill this one (default: a new ``Configuration``).
     * ``token_path``/``ca_path``: the ServiceAccount token and CA bundle (the kube-api-access
-      paths by default). Or pass your own ``source`` (a :class:`TokenSource`, e.g. with an
-      audience) and ``ca`` (a :class:`CABundle`).
+      paths by default).
+      Or pass your own ``source`` (a :class:`TokenSource`, e.g. with an audience) and ``ca``
+      (a :class:`CABundle`).
+    * ``namespace_path``: the pod's namespace file; its content becomes
+      ``configuration.namespace`` (None when the file does not exist; pass None to skip it).
     * ``set_default``: install the configuration as ``Configuration``'s default and an
       :class:`ApiClient` for it as ``ApiClient``'s default, so that ``CoreV1Api()`` uses them.
       Default: True when no ``configuration`` was given (like the ``kubernetes`` loader).
@@ -134,18 +110,20 @@ def load_incluster_config(
     Raises :class:`NotInClusterError` outside a pod, and the :mod:`sa_token.errors` types for a
     token or CA file that exists but cannot be used.
     """
-    host, source, ca = _resources(os.environ if environ is None else environ, token_path, ca_path, source, ca)
+    found = resolve(environ, token_path, ca_path, namespace_path, source, ca, NotInClusterError)
+    source, ca = found.source, found.ca
     if set_default is None:
         set_default = configuration is None
     if configuration is None:
         configuration = _k8s_client.Configuration()
     hook = TokenHook(source, ca, _KEYS)
-    configuration.host = host
+    configuration.host = found.host
     configuration.ssl_ca_cert = ca.path
+    conf: Any = configuration  # typed as Optional[Callable] in kubernetes; our hook is callable
+    conf.namespace = found.namespace
     for key in _KEYS:
         configuration.api_key_prefix.pop(key, None)  # the value carries "Bearer " itself
     hook(configuration)  # fills api_key now; auth_settings() only looks for the key if present
-    conf: Any = configuration  # typed as Optional[Callable] in kubernetes; our hook is callable
     conf.refresh_api_key_hook = hook
     if set_default:
         _k8s_client.Configuration.set_default(configuration)
