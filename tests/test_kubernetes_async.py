@@ -1,24 +1,41 @@
-"""sa_token.kubernetes.aio drives the real ``kubernetes.aio`` client against a FakeAPIServer (TLS)
-across token rotations, a CA rotation and a 401."""
+"""The asyncio integrations drive the real clients against a FakeAPIServer (TLS) across token
+rotations, a CA rotation and a 401: ``sa_token.kubernetes.aio`` with the official
+``kubernetes.aio`` and ``sa_token.kubernetes_asyncio`` with ``kubernetes_asyncio``, one suite."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-aio = pytest.importorskip("kubernetes.aio.client")
+from _k8s_env import Cluster, make_cluster
+from sa_token import TokenSource
+from sa_token._incluster import AsyncTokenHook
+from sa_token.testing import TokenIssuer
 
-from kubernetes.aio.config.config_exception import ConfigException  # noqa: E402
+Lib = Any  # a SimpleNamespace: client, ConfigException, ApiClient, NotInClusterError, load_incluster_config
 
-from _k8s_env import Cluster, make_cluster  # noqa: E402
-from sa_token import TokenSource  # noqa: E402
-from sa_token._incluster import AsyncTokenHook  # noqa: E402
-from sa_token.kubernetes.aio import ApiClient, NotInClusterError, load_incluster_config  # noqa: E402
-from sa_token.testing import TokenIssuer  # noqa: E402
+
+@pytest.fixture(params=["kubernetes.aio", "kubernetes_asyncio"])
+def lib(request: pytest.FixtureRequest) -> Lib:
+    client = pytest.importorskip(f"{request.param}.client")
+    config_exception = importlib.import_module(f"{request.param}.config.config_exception")
+    ours = importlib.import_module(
+        "sa_token.kubernetes.aio" if request.param == "kubernetes.aio" else "sa_token.kubernetes_asyncio"
+    )
+    return SimpleNamespace(
+        client=client,
+        ConfigException=config_exception.ConfigException,
+        ApiClient=ours.ApiClient,
+        NotInClusterError=ours.NotInClusterError,
+        load_incluster_config=ours.load_incluster_config,
+    )
 
 
 @pytest.fixture
@@ -27,10 +44,10 @@ def cluster(tmp_path: Path, token_issuer: TokenIssuer, monkeypatch: pytest.Monke
 
 
 @pytest.fixture(autouse=True)
-def restore_defaults() -> Iterator[None]:
-    conf = aio.Configuration._default
+def restore_defaults(lib: Lib) -> Iterator[None]:
+    conf = lib.client.Configuration._default
     yield
-    aio.Configuration._default = conf
+    lib.client.Configuration._default = conf
 
 
 async def until(cond: object, timeout: float = 5.0) -> bool:
@@ -44,30 +61,30 @@ async def until(cond: object, timeout: float = 5.0) -> bool:
 
 
 @pytest.mark.asyncio
-async def test_three_rotations_list_pods_and_version(cluster: Cluster) -> None:
-    conf = load_incluster_config(
+async def test_three_rotations_list_pods_and_version(lib: Lib, cluster: Cluster) -> None:
+    conf = lib.load_incluster_config(
         token_path=cluster.token_path, ca_path=cluster.ca_path, namespace_path=cluster.volume.path("namespace")
     )
     assert conf.namespace == "team-a"
-    assert aio.Configuration._default is not None  # set_default by default
+    assert lib.client.Configuration._default is not None  # set_default by default
     source: TokenSource = conf.refresh_api_key_hook.source
-    async with ApiClient() as api:  # from the default configuration's deep copy
+    async with lib.ApiClient() as api:  # from the default configuration's deep copy
         assert api.configuration.refresh_api_key_hook is conf.refresh_api_key_hook
-        v1 = aio.CoreV1Api(api)
+        v1 = lib.client.CoreV1Api(api)
         for _ in range(3):
             expected = cluster.rotate()
             assert await until(lambda: source.current().claims["jti"] == expected)  # noqa: B023
             pods = await v1.list_namespaced_pod("team-a")
             assert [p.metadata.name for p in pods.items] == ["app-0", "app-1"]
-            version = await aio.VersionApi(api).get_code()
+            version = await lib.client.VersionApi(api).get_code()
             assert version.git_version.startswith("v1.")
             seen = cluster.server.requests[-2:]
             assert [(r.status, r.token_jti, r.scheme) for r in seen] == [(200, expected, "Bearer")] * 2
 
 
 @pytest.mark.asyncio
-async def test_hook_needs_no_await_while_cached_and_reads_off_loop(cluster: Cluster) -> None:
-    conf = load_incluster_config(
+async def test_hook_needs_no_await_while_cached_and_reads_off_loop(lib: Lib, cluster: Cluster) -> None:
+    conf = lib.load_incluster_config(
         token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False,
         source=TokenSource(cluster.token_path, watch=False),
     )
@@ -85,12 +102,12 @@ async def test_hook_needs_no_await_while_cached_and_reads_off_loop(cluster: Clus
 
 
 @pytest.mark.asyncio
-async def test_ca_rotation_builds_a_new_session_with_the_new_ca(cluster: Cluster) -> None:
-    conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False)
+async def test_ca_rotation_builds_a_new_session_with_the_new_ca(lib: Lib, cluster: Cluster) -> None:
+    conf = lib.load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False)
     ca = conf.refresh_api_key_hook.ca
-    stock = aio.ApiClient(copy.deepcopy(conf))  # builds its SSLContext once, now
-    async with ApiClient(conf) as api, stock:
-        v1 = aio.CoreV1Api(api)
+    stock = lib.client.ApiClient(copy.deepcopy(conf))  # builds its SSLContext once, now
+    async with lib.ApiClient(conf) as api, stock:
+        v1 = lib.client.CoreV1Api(api)
         await v1.list_namespaced_pod("team-a")
         old_rest = api.rest_client
         cluster.rotate_ca()
@@ -101,34 +118,34 @@ async def test_ca_rotation_builds_a_new_session_with_the_new_ca(cluster: Cluster
         assert cluster.server.handshake_failures == 0
         # the stock client still trusts only the old CA: its first connection fails
         with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
-            await aio.CoreV1Api(stock).list_namespaced_pod("team-a")
+            await lib.client.CoreV1Api(stock).list_namespaced_pod("team-a")
 
 
 @pytest.mark.asyncio
-async def test_401_is_retried_once(cluster: Cluster) -> None:
-    conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False)
+async def test_401_is_retried_once(lib: Lib, cluster: Cluster) -> None:
+    conf = lib.load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False)
     source = conf.refresh_api_key_hook.source
-    async with ApiClient(conf) as api:
+    async with lib.ApiClient(conf) as api:
         read_at = source.read_at
         cluster.server.clear()
         cluster.server.fail_next(1)
-        pods = await aio.CoreV1Api(api).list_namespaced_pod("team-a")
+        pods = await lib.client.CoreV1Api(api).list_namespaced_pod("team-a")
         assert len(pods.items) == 2
         assert [r.status for r in cluster.server.requests] == [401, 200]
         assert source.read_at > read_at
         cluster.server.clear()
         cluster.server.fail_next(2)
-        with pytest.raises(aio.ApiException) as info:
-            await aio.VersionApi(api).get_code()
+        with pytest.raises(lib.client.ApiException) as info:
+            await lib.client.VersionApi(api).get_code()
         assert info.value.status == 401
         assert len(cluster.server.requests) == 2
 
 
-def test_out_of_cluster_and_ipv6(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_out_of_cluster_and_ipv6(lib: Lib, cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
-    conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False)
+    conf = lib.load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False)
     assert conf.host == f"https://[fd00::1]:{cluster.server.port}"
     monkeypatch.delenv("KUBERNETES_SERVICE_PORT")
-    with pytest.raises(NotInClusterError, match="KUBERNETES_SERVICE_PORT is not set") as info:
-        load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path)
-    assert isinstance(info.value, ConfigException)
+    with pytest.raises(lib.NotInClusterError, match="KUBERNETES_SERVICE_PORT is not set") as info:
+        lib.load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path)
+    assert isinstance(info.value, lib.ConfigException)
