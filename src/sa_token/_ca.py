@@ -26,12 +26,13 @@ import logging
 import math
 import os
 import ssl
-import stat
 import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Callable, Optional, Union
 
+from ._read import read_bounded
+from ._subscribers import Subscribers
 from ._watch import HUB, watch_targets
 from .errors import TokenFileError
 
@@ -52,9 +53,6 @@ DEFAULT_CHECK_INTERVAL = 60.0
 # A cluster CA bundle is a few KiB; even a full public-CA bundle is under 1 MiB. Anything larger
 # is not a CA file (a log, an image...) and is refused rather than parsed.
 MAX_CA_BYTES = 4 * 1024 * 1024
-# The kubelet removes the old timestamped directory right after the ..data swap: a read that
-# resolved ..data just before can hit ENOENT. The new generation is already in place; retry.
-_READ_ATTEMPTS = 3
 
 Subscriber = Callable[[bytes], None]
 
@@ -70,15 +68,10 @@ def load_ca_file(path: str) -> tuple[bytes, ssl.SSLContext]:
     """Read ``path`` and build a client ``SSLContext`` trusting exactly its certificates.
 
     Raises :class:`CAFileError` naming the file and the cause."""
-    for attempt in range(_READ_ATTEMPTS):
-        try:
-            raw = _read_bytes(path)
-            break
-        except FileNotFoundError as exc:
-            if attempt == _READ_ATTEMPTS - 1:
-                raise _file_error(path, exc) from None
-        except OSError as exc:
-            raise _file_error(path, exc) from None
+    try:
+        raw = read_bounded(path, MAX_CA_BYTES)
+    except OSError as exc:
+        raise _file_error(path, exc) from None
     if not raw.strip():
         raise CAFileError(f"CA file {path} is empty", path=path)
     if b"-----BEGIN CERTIFICATE-----" not in raw:
@@ -97,30 +90,6 @@ def load_ca_file(path: str) -> tuple[bytes, ssl.SSLContext]:
             f"CA file {path} is not a valid PEM certificate bundle ({reason})", path=path
         ) from None
     return raw, ctx
-
-
-def _read_bytes(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(_errno.EISDIR, "is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(_errno.EINVAL, "not a regular file")
-        chunks = []
-        remaining = MAX_CA_BYTES + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > MAX_CA_BYTES:
-            raise OSError(_errno.EFBIG, "too large")
-        return data
-    finally:
-        os.close(fd)
 
 
 def _file_error(path: str, exc: OSError) -> CAFileError:
@@ -173,6 +142,7 @@ class _Watcher:
         bundle = self.bundle()
         if bundle is not None:
             bundle._lock = threading.Lock()
+            bundle._subscribers.after_fork()
 
 
 class CABundle:
@@ -207,7 +177,7 @@ class CABundle:
         self.check_interval = float(check_interval)
         self._clock = clock or time.monotonic
         self._lock = threading.Lock()
-        self._subscribers: tuple[Subscriber, ...] = ()
+        self._subscribers: Subscribers[bytes] = Subscribers(self.path)
         self._warned: set[str] = set()
         self._closed = False
         self._unwatch: Callable[[], object] = lambda: None
@@ -274,27 +244,13 @@ class CABundle:
                 return False
             self._state = (pem, ctx, gen + 1)
             log.info("sa-token: CA bundle %s changed (generation %d)", self.path, gen + 1)
-        for cb in self._subscribers:
-            try:
-                cb(pem)
-            except Exception:
-                log.exception("sa-token: subscriber %r of CA file %s raised", cb, self.path)
+        self._subscribers.notify(pem)
         return True
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(pem)`` after each change to a new valid bundle; returns a function that
         unsubscribes. Runs in the watcher thread or the thread that noticed: keep it short."""
-        with self._lock:
-            self._subscribers = (*self._subscribers, callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                subs = list(self._subscribers)
-                if callback in subs:
-                    subs.remove(callback)
-                self._subscribers = tuple(subs)
-
-        return unsubscribe
+        return self._subscribers.add(callback)
 
     def close(self) -> None:
         """Stop watching and re-checking; the current bundle stays usable. Idempotent."""

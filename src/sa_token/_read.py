@@ -9,7 +9,7 @@ import stat
 from ._token import Token, parse_token
 from .errors import MalformedTokenError, TokenFileError
 
-__all__ = ["MAX_TOKEN_BYTES", "read_token_file"]
+__all__ = ["MAX_TOKEN_BYTES", "TooLarge", "read_bounded", "read_token_file"]
 
 # A bound ServiceAccount JWT is about 1 KiB; 64 KiB leaves room for any claim set a cluster adds
 # while refusing to load a file that is obviously not a token (a log, a core dump...).
@@ -20,21 +20,32 @@ MAX_TOKEN_BYTES = 64 * 1024
 _READ_ATTEMPTS = 3
 
 
+def read_bounded(path: str, limit: int) -> bytes:
+    """The bytes of the regular file at ``path`` (symlinks followed), at most ``limit`` of them.
+
+    Raises ``OSError``: ``IsADirectoryError``, ``EINVAL`` for a FIFO or device (opened without
+    blocking, so it cannot hang), :class:`TooLarge` past ``limit``. ``FileNotFoundError`` is
+    retried: the kubelet removes the old generation right after the ``..data`` swap.
+    """
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            return _read_once(path, limit)
+        except FileNotFoundError:
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def read_token_file(path: str) -> Token:
     """Read, strip and parse the token at ``path`` (symlinks followed).
 
     Raises :class:`TokenFileError` (missing, unreadable, not a regular file, empty, too large)
     or :class:`MalformedTokenError`; messages name the path and never contain the token.
     """
-    for attempt in range(_READ_ATTEMPTS):
-        try:
-            raw = _read_bytes(path)
-            break
-        except FileNotFoundError as exc:
-            if attempt == _READ_ATTEMPTS - 1:
-                raise _file_error(path, exc) from None
-        except OSError as exc:
-            raise _file_error(path, exc) from None
+    try:
+        raw = read_bounded(path, MAX_TOKEN_BYTES)
+    except OSError as exc:
+        raise _file_error(path, exc) from None
     text = raw.strip()
     if not text:
         raise TokenFileError(
@@ -51,44 +62,43 @@ def read_token_file(path: str) -> Token:
     return parse_token(value, path=path)
 
 
-def _read_bytes(path: str) -> bytes:
+def _read_once(path: str, limit: int) -> bytes:
     # O_NONBLOCK: a FIFO or device at the path must not hang the caller.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(_errno.EISDIR, "is a directory")
         if not stat.S_ISREG(st.st_mode):
-            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            raise (
-                IsADirectoryError(_errno.EISDIR, kind)
-                if stat.S_ISDIR(st.st_mode)
-                else OSError(_errno.EINVAL, kind)
-            )
-        if st.st_size > MAX_TOKEN_BYTES:
-            raise _TooLarge(st.st_size)
+            raise OSError(_errno.EINVAL, "not a regular file")
+        if st.st_size > limit:
+            raise TooLarge(st.st_size)
         chunks = []
-        remaining = MAX_TOKEN_BYTES + 1
+        remaining = limit + 1  # the size can grow after fstat: read one byte more to notice
         while remaining > 0:
-            chunk = os.read(fd, remaining)
+            chunk = os.read(fd, min(remaining, 1 << 20))
             if not chunk:
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
         data = b"".join(chunks)
-        if len(data) > MAX_TOKEN_BYTES:
-            raise _TooLarge(len(data))
+        if len(data) > limit:
+            raise TooLarge(len(data))
         return data
     finally:
         os.close(fd)
 
 
-class _TooLarge(OSError):
+class TooLarge(OSError):
+    """The file is larger than the reader's limit."""
+
     def __init__(self, size: int) -> None:
         super().__init__(_errno.EFBIG, "too large")
         self.size = size
 
 
 def _file_error(path: str, exc: OSError) -> TokenFileError:
-    if isinstance(exc, _TooLarge):
+    if isinstance(exc, TooLarge):
         return TokenFileError(
             f"token file {path} is {exc.size} bytes, larger than any JWT (limit {MAX_TOKEN_BYTES}); "
             "check that the path points at a ServiceAccount token",

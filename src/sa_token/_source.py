@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from typing import Callable, Optional, Union
 
 from ._read import read_token_file
+from ._subscribers import Subscribers
 from ._token import Token
 from ._watch import HUB, watch_targets
 from .errors import (
@@ -218,8 +219,7 @@ class TokenSource:
         self.refresh_interval = float(refresh_interval)
         self.leeway = float(leeway)
         self._clock = clock
-        self._subscribers: tuple[Subscriber, ...] = ()
-        self._sub_lock = threading.Lock()
+        self._subscribers: Subscribers[Token] = Subscribers(self.path)
         self._warned: set[tuple[str, str]] = set()
         self._stale_warned: Optional[str] = None
         self._last_error: Optional[TokenError] = None
@@ -340,17 +340,7 @@ class TokenSource:
         """Call ``callback(token)`` after each rotation (a new, valid token was read). Returns a
         function that unsubscribes. Callbacks run in the watcher or timer thread, or in the
         thread whose call noticed the rotation: keep them short. Errors they raise are logged."""
-        with self._sub_lock:
-            self._subscribers = (*self._subscribers, callback)
-
-        def unsubscribe() -> None:
-            with self._sub_lock:
-                subs = list(self._subscribers)
-                if callback in subs:
-                    subs.remove(callback)
-                self._subscribers = tuple(subs)
-
-        return unsubscribe
+        return self._subscribers.add(callback)
 
     def close(self) -> None:
         """Stop watching and re-reading. Idempotent. The last token stays readable through
@@ -548,12 +538,8 @@ class TokenSource:
         )
 
     def _notify(self, tok: Token) -> None:
-        for cb in self._subscribers:
-            try:
-                cb(tok)
-            except Exception:
-                log.exception("sa-token: subscriber %r of %s raised", cb, self.path)
+        self._subscribers.notify(tok)
 
     def _after_fork(self) -> None:
-        self._sub_lock = threading.Lock()
+        self._subscribers.after_fork()
         self._hot = None  # the first call in the child checks the clock
