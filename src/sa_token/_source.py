@@ -16,7 +16,6 @@ failure). A token known to be expired is never handed out.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 import math
@@ -297,6 +296,8 @@ class TokenSource:
         value = self.token_nowait()
         if value is not None:
             return value
+        import asyncio  # here, not at the top: most users never need it, and it is slow to import
+
         return await asyncio.get_running_loop().run_in_executor(None, self.token)
 
     def current(self) -> Token:
