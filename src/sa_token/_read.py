@@ -76,11 +76,12 @@ def _read_once(path: str, limit: int) -> bytes:
         chunks = []
         remaining = limit + 1  # the size can grow after fstat: read one byte more to notice
         while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                break
+            want = min(remaining, 1 << 20)
+            chunk = os.read(fd, want)
             chunks.append(chunk)
             remaining -= len(chunk)
+            if len(chunk) < want:  # a short read of a regular file is its end: no extra syscall
+                break
         data = b"".join(chunks)
         if len(data) > limit:
             raise TooLarge(len(data))
