@@ -1,0 +1,311 @@
+"""Every example in examples/ runs, as a real process, against the demo environment: a
+ProjectedVolume rotated by a simulated kubelet and a FakeAPIServer that verifies each token."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+import pytest
+
+from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
+from sa_token.testing.apiserver import FakeAPIServer
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+# Short-lived tokens: minted AGE seconds ago with a 600 s lifetime (the minimum the API allows),
+# so each expires 10 s after it is written. A client that kept an old token would be rejected.
+AGE = 592
+LIFETIME = 600
+
+
+def jti(token: str) -> str:
+    value: str = jwt.decode(token, options={"verify_signature": False})["jti"]
+    return value
+
+
+@dataclass
+class Env:
+    server: FakeAPIServer
+    kubelet: Kubelet
+    volume: ProjectedVolume
+    ca_file: str
+
+    def rotate(self) -> str:
+        return jti(self.kubelet.rotate(now=time.time() - AGE, expiration_seconds=LIFETIME))
+
+    @property
+    def tokens(self) -> list[str]:
+        return self._tokens
+
+    def __post_init__(self) -> None:
+        self._tokens: list[str] = []
+        self.kubelet.on_rotate = self._tokens.append
+
+
+def make_env(tmp_path: Path, issuer: TokenIssuer, audience: str, token_key: str = "token") -> Iterator[Env]:
+    with FakeAPIServer(issuer, audiences=[audience]) as server:
+        volume = ProjectedVolume(tmp_path / "volume", token_key=token_key)
+        kubelet = Kubelet(volume, issuer, audiences=[audience], ca_pem=server.ca_pem, namespace="payments")
+        env = Env(server, kubelet, volume, str(volume.path("ca.crt")))
+        env.rotate()
+        yield env
+        kubelet.stop()
+
+
+@pytest.fixture
+def vault_env(tmp_path: Path, token_issuer: TokenIssuer) -> Iterator[Env]:
+    yield from make_env(tmp_path, token_issuer, "vault", token_key="vault-token")
+
+
+@pytest.fixture
+def api_env(tmp_path: Path, token_issuer: TokenIssuer) -> Iterator[Env]:
+    yield from make_env(tmp_path, token_issuer, API_AUDIENCE)
+
+
+def run_example(
+    name: str, *args: str, env: dict[str, str], timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **env}
+    full_env.pop("REQUESTS_CA_BUNDLE", None)  # the examples pass the volume's CA explicitly
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_no_token(text: str, tokens: list[str]) -> None:
+    for tok in tokens:
+        assert tok not in text and tok.rsplit(".", 1)[1] not in text
+
+
+# ----------------------------------------------------------------------- the seed scenario -
+def test_vault_pod_yaml_is_a_valid_projected_token_pod() -> None:
+    yaml = pytest.importorskip("yaml")  # PyYAML comes with the kubernetes package
+    docs = list(yaml.safe_load_all((EXAMPLES / "vault-pod.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"ServiceAccount", "Pod"}
+    sa, pod = kinds["ServiceAccount"], kinds["Pod"]
+    assert pod["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    assert pod["metadata"]["namespace"] == sa["metadata"]["namespace"]
+    (volume,) = pod["spec"]["volumes"]
+    (source,) = volume["projected"]["sources"]
+    sat = source["serviceAccountToken"]
+    assert sat == {"audience": "vault", "expirationSeconds": 7200, "path": "vault-token"}
+    assert sat["expirationSeconds"] >= 600  # the API's minimum
+    (container,) = pod["spec"]["containers"]
+    (mount,) = container["volumeMounts"]
+    assert mount["name"] == volume["name"]
+    assert "subPath" not in mount  # a subPath mount would never rotate
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TOKEN_PATH"] == f"{mount['mountPath']}/{sat['path']}"
+    assert container["command"][-1].endswith("vault_requests.py")
+
+
+def test_vault_requests_example_follows_rotations(vault_env: Env) -> None:
+    # The kubelet rotates every 0.5 s; the script calls 6 times, 0.4 s apart: it must send each
+    # new token (a kept one expires within 10 s anyway) and never fail.
+    vault_env.kubelet.start(every=0.5)
+    try:
+        res = run_example(
+            "vault_requests.py",
+            "--count",
+            "6",
+            "--interval",
+            "0.4",
+            env={
+                "TOKEN_PATH": str(vault_env.volume.token_path),
+                "VAULT_URL": f"{vault_env.server.url}/echo",
+                "VAULT_CACERT": vault_env.ca_file,
+            },
+        )
+    finally:
+        vault_env.kubelet.stop()
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 6 and all(re.fullmatch(r"call \d: 200 jti=[0-9a-f-]{36}", ln) for ln in lines)
+    seen = {ln.split("jti=")[1] for ln in lines}
+    assert len(seen) >= 2, "the script never sent a rotated token"
+    assert seen <= {jti(t) for t in vault_env.tokens}
+    assert all(r.authorized for r in vault_env.server.requests)
+    assert_no_token(res.stdout + res.stderr, vault_env.tokens)
+
+
+def test_vault_requests_example_wrong_audience_fails_clearly(api_env: Env) -> None:
+    res = run_example("vault_requests.py", "--count", "1", env={"TOKEN_PATH": str(api_env.volume.token_path)})
+    assert res.returncode == 2
+    assert "not 'vault'" in res.stderr and "Traceback" not in res.stderr
+
+
+# ----------------------------------------------------------------------- kubernetes -------
+def test_list_pods_example_with_the_kubernetes_client(api_env: Env) -> None:
+    pytest.importorskip("kubernetes")
+    api_env.kubelet.start(every=0.4)
+    try:
+        res = run_example(
+            "list_pods.py",
+            "--count",
+            "4",
+            "--interval",
+            "0.5",
+            env={
+                "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                "KUBERNETES_SERVICE_PORT": str(api_env.server.port),
+                "TOKEN_PATH": str(api_env.volume.token_path),
+                "CA_PATH": api_env.ca_file,
+            },
+        )
+    finally:
+        api_env.kubelet.stop()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines() == [f"list {n}: 2 pods in payments: app-0, app-1" for n in range(1, 5)]
+    pods = [r for r in api_env.server.requests if r.path == "/api/v1/namespaces/payments/pods"]
+    assert len(pods) == 4 and all(r.authorized and r.scheme == "Bearer" for r in pods)
+    assert len({r.token_jti for r in pods}) >= 2, "the kubernetes client never sent a rotated token"
+    assert_no_token(res.stdout + res.stderr, api_env.tokens)
+
+
+def test_list_pods_example_outside_a_cluster(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE_")}
+    res = subprocess.run(
+        [sys.executable, str(EXAMPLES / "list_pods.py"), "--token-path", str(tmp_path / "token")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 2
+    assert "KUBERNETES_SERVICE_HOST" in res.stderr and "Traceback" not in res.stderr
+
+
+# ----------------------------------------------------------------------- httpx ------------
+def test_httpx_async_example(api_env: Env) -> None:
+    pytest.importorskip("httpx")
+    api_env.kubelet.start(every=0.4)
+    try:
+        res = run_example(
+            "httpx_async.py",
+            "--url",
+            f"{api_env.server.url}/echo",
+            "--token-path",
+            str(api_env.volume.token_path),
+            "--audience",
+            API_AUDIENCE,
+            "--ca",
+            api_env.ca_file,
+            "--count",
+            "4",
+            "--concurrency",
+            "5",
+            "--interval",
+            "0.5",
+            env={},
+        )
+    finally:
+        api_env.kubelet.stop()
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 4
+    assert all(ln.split(" jti=")[0].endswith("200 200 200 200 200") for ln in lines)
+    jtis = {j for ln in lines for j in ln.split("jti=")[1].split(",")}
+    assert len(jtis) >= 2
+    echo = [r for r in api_env.server.requests if r.path == "/echo"]
+    assert len(echo) == 20 and all(r.authorized for r in echo)
+    assert_no_token(res.stdout + res.stderr, api_env.tokens)
+
+
+# ----------------------------------------------------------------------- gunicorn ---------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _get(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        body: dict[str, object] = json.loads(resp.read())
+        return body
+
+
+def _workers_seeing(url: str, want: str, timeout: float = 10.0) -> dict[object, object]:
+    """Poll until two distinct worker pids have answered with ``want`` as their jti."""
+    deadline = time.monotonic() + timeout
+    seen: dict[object, object] = {}
+    while time.monotonic() < deadline:
+        try:
+            body = _get(url)
+        except OSError:
+            time.sleep(0.05)
+            continue
+        seen[body["pid"]] = body["jti"]
+        if sum(1 for j in seen.values() if j == want) >= 2:
+            break
+    return seen
+
+
+def test_gunicorn_preload_workers_follow_rotations(tmp_path: Path, token_issuer: TokenIssuer) -> None:
+    gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or shutil.which("gunicorn")
+    if gunicorn is None:
+        pytest.skip("gunicorn is not installed")
+    volume = ProjectedVolume(tmp_path / "volume")
+    kubelet = Kubelet(volume, token_issuer, audiences=["app"], expiration_seconds=3600)
+    first = jti(kubelet.rotate())
+    port = _free_port()
+    env = {**os.environ, "TOKEN_PATH": str(volume.token_path), "TOKEN_AUDIENCE": "app"}
+    proc = subprocess.Popen(
+        [
+            gunicorn,
+            "--preload",
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--chdir",
+            str(EXAMPLES),
+            "--graceful-timeout",
+            "2",
+            "gunicorn_app:app",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        before = _workers_seeing(url, first)
+        assert sum(1 for j in before.values() if j == first) >= 2, f"workers before rotation: {before}"
+        assert os.getpid() not in before
+        second = jti(kubelet.rotate())  # after the fork: each worker must pick it up on its own
+        after = _workers_seeing(url, second)
+        assert sum(1 for j in after.values() if j == second) >= 2, f"workers after rotation: {after}"
+        third = jti(kubelet.rotate())
+        again = _workers_seeing(url, third)
+        assert sum(1 for j in again.values() if j == third) >= 2, f"workers after 2nd rotation: {again}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert "Traceback" not in out, out
+    assert_no_token(out, [kubelet.current or ""])
