@@ -33,7 +33,7 @@ import time
 import weakref
 from typing import Any, Optional, Protocol
 
-__all__ = ["DATA_DIR", "HUB", "Hub", "Watcher", "watch_targets"]
+__all__ = ["DATA_DIR", "HUB", "Hub", "Watcher", "volume_root", "watch_targets"]
 
 log = logging.getLogger("sa_token")
 
@@ -75,6 +75,20 @@ class Watcher(Protocol):
     def refresh_safely(self) -> None: ...
 
 
+def volume_root(path: str) -> Optional[str]:
+    """The projected volume's root: the nearest ancestor directory of ``path`` that holds
+    ``..data``. ``None`` for a plain or static file (a ``subPath`` mount, a copied file), which
+    the kubelet never updates."""
+    d = os.path.dirname(os.path.abspath(path))
+    while True:
+        if os.path.lexists(os.path.join(d, DATA_DIR)):
+            return d
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
 def watch_targets(path: str) -> dict[str, set[str]]:
     """Directories to watch for ``path``, with the entry names that signal new content.
 
@@ -84,17 +98,6 @@ def watch_targets(path: str) -> dict[str, set[str]]:
     else, that volume's root is watched for ``..data`` too.
     """
     targets: dict[str, set[str]] = {}
-
-    def volume_root(p: str) -> Optional[str]:
-        d = os.path.dirname(p)
-        while True:
-            if os.path.lexists(os.path.join(d, DATA_DIR)):
-                return d
-            parent = os.path.dirname(d)
-            if parent == d:
-                return None
-            d = parent
-
     root = volume_root(path)
     if root is not None:
         first = os.path.relpath(path, root).split(os.sep)[0]

@@ -36,6 +36,7 @@ from ._read import read_token_file
 from ._source import DEFAULT_LEEWAY, DEFAULT_TOKEN_PATH, STALE_MARGIN, TokenSource
 from ._token import Token
 from ._version import __version__
+from ._watch import DATA_DIR, volume_root
 from .errors import MalformedTokenError, TokenError, TokenFileError, TokenValidationError
 
 __all__ = ["main"]
@@ -43,7 +44,6 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_FILE = 2
-DATA_DIR = "..data"
 DEMO_INSTALL_HINT = "pip install 'sa-token[demo]'"
 
 # The demo's default length: the simulated kubelet rotates every DEMO_ROTATE_EVERY seconds, so 20 s
@@ -135,20 +135,6 @@ def _json_line(obj: Mapping[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------- file facts -------
-def volume_root(path: str) -> Optional[str]:
-    """The projected volume's root: the nearest ancestor directory of ``path`` that holds
-    ``..data``. ``None`` for a static file (a ``subPath`` mount, a copied file), which the
-    kubelet will never update."""
-    d = os.path.dirname(os.path.abspath(path))
-    while True:
-        if os.path.lexists(os.path.join(d, DATA_DIR)):
-            return d
-        parent = os.path.dirname(d)
-        if parent == d:
-            return None
-        d = parent
-
-
 def _mount_facts(path: str) -> dict[str, Any]:
     root = volume_root(path)
     if root is None:
