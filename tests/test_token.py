@@ -18,8 +18,11 @@ def _b64(obj: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
 
+SIG = base64.urlsafe_b64encode(b"s" * 256).rstrip(b"=").decode()  # an RS256-sized signature
+
+
 def forge(claims: object, header: object = None) -> str:
-    return f"{_b64(header or {'alg': 'RS256'})}.{_b64(claims)}.c2lnbmF0dXJl"
+    return f"{_b64(header or {'alg': 'RS256'})}.{_b64(claims)}.{SIG}"
 
 
 def test_parse_exposes_claims_as_aware_datetimes(token_issuer: TokenIssuer) -> None:
@@ -69,6 +72,12 @@ def test_single_string_audience_is_a_tuple() -> None:
         (forge({"iss": 1}), "'iss' must be a string"),
         (forge({"kubernetes.io": "x"}), "'kubernetes.io' must be an object"),
         (forge({"kubernetes.io": {"warnafter": "x"}}), "warnafter"),
+        (forge({"exp": 10**400}), "'exp' must be a number of seconds, got a number out of range"),
+        (
+            forge({"exp": 1}).rsplit(".", 1)[0] + "." + base64.urlsafe_b64encode(b"s" * 250).decode().rstrip("="),
+            "RS256 signature is 250 bytes, not 128 or 256 or 384 or 512: the file is truncated",
+        ),
+        (forge({"exp": 1}, {"alg": "ES256"}), "ES256 signature is 256 bytes, not 64"),
     ],
 )
 def test_malformed_tokens_give_a_clear_error_without_the_token(value: str, fragment: str) -> None:

@@ -53,13 +53,11 @@ def read_token_file(path: str) -> Token:
             "the kubelet may be mid-write, or the volume is not a ServiceAccount token volume",
             path=path,
         )
-    try:
-        value = text.decode("ascii")
-    except UnicodeDecodeError:
-        raise MalformedTokenError(
-            f"token file {path} is not a JWT: it contains non-ASCII bytes", path=path
-        ) from None
-    return parse_token(value, path=path)
+    # Checked before decoding, not by catching UnicodeDecodeError: that exception holds the whole
+    # file (token included) and would stay reachable as the new error's __context__.
+    if not text.isascii():
+        raise MalformedTokenError(f"token file {path} is not a JWT: it contains non-ASCII bytes", path=path)
+    return parse_token(text.decode("ascii"), path=path)
 
 
 def _read_once(path: str, limit: int) -> bytes:

@@ -37,6 +37,7 @@ from .errors import (
     TokenError,
     TokenExpiredError,
     TokenNotYetValidError,
+    TokenValidationError,
 )
 
 __all__ = ["DEFAULT_TOKEN_PATH", "TokenSource"]
@@ -301,8 +302,14 @@ class TokenSource:
         return await asyncio.get_running_loop().run_in_executor(None, self.token)
 
     def current(self) -> Token:
-        """The parsed current token, checked like :meth:`token`."""
+        """The parsed current token, checked like :meth:`token`. After :meth:`close` it is the
+        last token read (still checked for expiry; the file is not read again)."""
         tok = self._token
+        if self._closed and tok is not None:
+            err = self._time_error(tok, self._now())
+            if err is not None:
+                raise err
+            return tok
         _, deadline = self._fast
         if tok is not None and self._now() < deadline:
             return tok
@@ -345,7 +352,8 @@ class TokenSource:
 
     def close(self) -> None:
         """Stop watching and re-reading. Idempotent. The last token stays readable through
-        :meth:`current`, but :meth:`token` raises once the source is closed."""
+        :meth:`current` (while it is valid); :meth:`token` and :meth:`reload` raise
+        ``RuntimeError`` once the source is closed."""
         if self._closed:
             return
         self._closed = True
@@ -419,11 +427,13 @@ class TokenSource:
     def _time_error(self, tok: Token, now: float) -> Optional[TokenError]:
         exp = tok._exp_ts
         if now >= exp:
+            # Mention a failed read (missing, garbage...), not another expiry: that would nest.
+            last = self._last_error if not isinstance(self._last_error, TokenValidationError) else None
             return TokenExpiredError(
                 f"token at {self.path} expired at {_iso(exp)}, {_ago(now - exp)} ago; the kubelet "
                 "should have rotated it at 80% of its lifetime: check the kubelet and the volume "
                 "(a subPath mount never rotates)"
-                + (f"; the last re-read failed: {self._last_error}" if self._last_error else ""),
+                + (f"; the last re-read failed: {last}" if last is not None else ""),
                 path=self.path,
                 expires_at=tok.expires_at,
             )

@@ -169,8 +169,17 @@ def _now() -> float:
     return time.time()
 
 
+# JSON integers are unbounded; a timestamp beyond this (year ~292 billion) is no timestamp, and
+# larger values would overflow float arithmetic.
+_MAX_TIMESTAMP = 2**63
+
+
 def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return -_MAX_TIMESTAMP < v < _MAX_TIMESTAMP
+    return isinstance(v, float) and math.isfinite(v)
 
 
 def _dt(v: object) -> Optional[datetime]:
@@ -218,10 +227,14 @@ def parse_token(value: str, *, path: Optional[str] = None) -> Token:
         raise MalformedTokenError(f"{where}JWT payload is not a JSON object", path=path)
     for name in _NUMERIC:
         if name in claims and not _is_number(claims[name]):
-            raise MalformedTokenError(
-                f"{where}claim {name!r} must be a number of seconds, got {type(claims[name]).__name__}",
-                path=path,
+            v = claims[name]
+            got = "a number out of range" if isinstance(v, (int, float)) and not isinstance(v, bool) else (
+                type(v).__name__
             )
+            raise MalformedTokenError(
+                f"{where}claim {name!r} must be a number of seconds, got {got}", path=path
+            )
+    _check_signature_length(decoded.get("signature", b""), header, where, path)
     for name in _STRINGS:
         if name in claims and not isinstance(claims[name], str):
             raise MalformedTokenError(
@@ -242,6 +255,27 @@ def parse_token(value: str, *, path: Optional[str] = None) -> Token:
     if isinstance(k8s, dict) and "warnafter" in k8s and not _is_number(k8s["warnafter"]):
         raise MalformedTokenError(f"{where}claim 'kubernetes.io.warnafter' must be a number", path=path)
     return Token(value=value, claims=MappingProxyType(claims), header=MappingProxyType(header))
+
+
+# Signature sizes by algorithm: RSA signatures are as long as the key's modulus (kube-apiserver
+# signs with RS256; 2048- to 4096-bit keys, 1024 for old clusters); ECDSA signatures are r||s.
+_RSA_SIG_BYTES = {128, 256, 384, 512}
+_SIG_BYTES = {"ES256": {64}, "ES384": {96}, "ES512": {132}, "EdDSA": {64}}
+
+
+def _check_signature_length(sig: object, header: object, where: str, path: Optional[str]) -> None:
+    """A file truncated inside the signature can still be valid base64: catch it by length, so
+    a cut token is refused here rather than sent and rejected by the server."""
+    alg = header.get("alg") if isinstance(header, dict) else None
+    if not isinstance(alg, str) or not isinstance(sig, bytes):
+        return
+    sizes = _RSA_SIG_BYTES if alg[:2] in ("RS", "PS") else _SIG_BYTES.get(alg)
+    if sizes is not None and len(sig) not in sizes:
+        raise MalformedTokenError(
+            f"{where}the {alg} signature is {len(sig)} bytes, not {' or '.join(map(str, sorted(sizes)))}: "
+            "the file is truncated or corrupt",
+            path=path,
+        )
 
 
 def _safe(message: str, secret: str) -> str:
