@@ -180,7 +180,8 @@ class CABundle:
         self._subscribers: Subscribers[bytes] = Subscribers(self.path)
         self._warned: set[str] = set()
         self._closed = False
-        self._unwatch: Callable[[], object] = lambda: None
+        self._watcher: Optional[_Watcher] = None
+        self._finalizer: Optional["weakref.finalize[..., CABundle]"] = None
         self.watching = False
         sig = _signature(self.path)
         pem, ctx = load_ca_file(self.path)
@@ -190,10 +191,12 @@ class CABundle:
         self._next_check = self._clock() + self.check_interval
         if watch:
             # The hub keeps the registration (and re-arms) even when arming fails now.
-            watcher = _Watcher(self)
+            watcher = self._watcher = _Watcher(self)
             self.watching = HUB.watch(watcher, watch_targets(self.path))
             # Unwatch on close(), or when the bundle is collected without close().
-            self._unwatch = weakref.finalize(self, HUB.unwatch, watcher)
+            # The finalizer runs inside the garbage collector, maybe under a lock: defer the work.
+            self._finalizer = weakref.finalize(self, HUB.defer, HUB.unwatch, watcher)
+            self._finalizer.atexit = False
             self.refresh()  # a swap between the read and the watch raised no event
 
     # ------------------------------------------------------------------ public API -------
@@ -256,7 +259,9 @@ class CABundle:
         """Stop watching and re-checking; the current bundle stays usable. Idempotent."""
         self._closed = True
         self.watching = False
-        self._unwatch()
+        if self._finalizer is not None and self._watcher is not None:
+            self._finalizer.detach()
+            HUB.unwatch(self._watcher)
 
     def __enter__(self) -> CABundle:
         return self

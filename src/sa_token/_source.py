@@ -253,7 +253,10 @@ class TokenSource:
                 raise
             tfile.sources.add(self)
             self._accept(first)
-        weakref.finalize(self, _release, tfile).atexit = False
+        # A source dropped without close() releases its file later, from the timer thread: the
+        # finalizer runs inside the garbage collector, wherever it strikes (maybe under our locks).
+        self._finalizer = weakref.finalize(self, HUB.defer, _release, tfile)
+        self._finalizer.atexit = False
         HUB.add_source(self)
         problem = self._time_error(first, self._now())
         if problem is not None:
@@ -362,6 +365,7 @@ class TokenSource:
         HUB.remove_source(self)
         with self._file.lock:
             self._file.sources.discard(self)
+        self._finalizer.detach()
         self._detach()
 
     @property

@@ -20,6 +20,7 @@ they are shared with the parent), starts its own threads and re-reads every file
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import fcntl
@@ -31,7 +32,7 @@ import struct
 import threading
 import time
 import weakref
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 __all__ = ["DATA_DIR", "HUB", "Hub", "Watcher", "volume_root", "watch_targets"]
 
@@ -261,6 +262,12 @@ class Hub:
         self.missed_events = False  # the watcher was restarted: re-read every file once
         self.next_wake = -math.inf  # when the sleeping timer thread wakes; -inf while awake
         self.dirty = False  # a deadline was published while the timer was awake
+        # Work queued by finalizers: they run inside whatever code allocates (the garbage
+        # collector), possibly under any of our locks, so they only append here (no lock) and
+        # the timer thread does the work.
+        self.deferred: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
+            collections.deque()
+        )
 
     # ---------------------------------------------------------------- registration --------
     def add_source(self, source: Any) -> None:
@@ -268,6 +275,21 @@ class Hub:
             self.sources.add(source)
             self._ensure_timer()
             self.cond.notify_all()
+
+    def defer(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` soon in the timer thread. Lock-free: for weakref finalizers."""
+        self.deferred.append((fn, args))
+
+    def _run_deferred(self) -> None:
+        while True:
+            try:
+                fn, args = self.deferred.popleft()
+            except IndexError:
+                return
+            try:
+                fn(*args)
+            except Exception:  # pragma: no cover - a bug; keep the timer alive
+                log.exception("sa-token: deferred clean-up failed")
 
     def remove_source(self, source: Any) -> None:
         with self.cond:
@@ -445,12 +467,13 @@ class Hub:
                 w.refresh_safely()
             for src in due:  # a read that failed for every source still moves the deadline on
                 src._reschedule_background()
+            self._run_deferred()  # outside every lock
             with self.cond:
                 if self.timer is not me:
                     return
                 now = time.monotonic()
                 _, next_due = self._scan(now)
-                if self.dirty or next_due <= now:
+                if self.dirty or next_due <= now or self.deferred:
                     continue
                 self.next_wake = next_due
                 self.cond.wait(next_due - now)

@@ -1,0 +1,138 @@
+"""Helpers for the reliability tests (faults, fuzzing, soak, no-leak): injecting broken
+generations into a projected volume, running a scenario in a child process (to drop privileges,
+exhaust a per-user limit or break the watcher without touching the test process), and
+snapshots of the process's threads and file descriptors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from sa_token.testing import ProjectedVolume
+
+__all__ = ["fd_count", "file_with", "inotify_watches", "publish", "run_child", "segments_of", "thread_names", "world_dir"]
+
+
+def publish(vol: ProjectedVolume, make: Callable[[Path], None]) -> Path:
+    """Publish a generation whose token entry ``make(path)`` creates (a file with any bytes, a
+    directory, a FIFO, a symlink...), with the kubelet's own atomic ``..data`` swap. Returns
+    the new timestamped directory. The next ``vol.write``/``Kubelet.rotate`` removes it."""
+    root = vol.directory
+    ts = Path(tempfile.mkdtemp(prefix="..fault_", dir=root))
+    os.chmod(ts, 0o755)
+    make(ts / vol.token_key)
+    tmp = root / "..data_tmp"
+    os.symlink(ts.name, tmp)
+    os.rename(tmp, root / "..data")
+    return ts
+
+
+def file_with(content: bytes) -> Callable[[Path], None]:
+    def make(p: Path) -> None:
+        p.write_bytes(content)
+
+    return make
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def inotify_watches() -> int:
+    """Inotify instances' watches held by this process, as the kernel counts them
+    (``/proc/self/fdinfo``), whatever the library's own bookkeeping says."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                n += sum(line.startswith("inotify wd:") for line in f)
+        except OSError:
+            continue
+    return n
+
+
+def thread_names() -> list[str]:
+    return sorted(t.name for t in threading.enumerate())
+
+
+def segments_of(token: str) -> list[str]:
+    """The whole token and each of its three dot-separated parts (the signature alone, the
+    payload alone): none of them may appear anywhere the library writes text."""
+    return [token, *token.split(".")]
+
+
+def world_dir() -> Path:
+    """A fresh directory every user can enter (pytest's tmp_path is 0700 root-only), for
+    scenarios that run as another uid. The caller removes it."""
+    d = Path(tempfile.mkdtemp(prefix="sa-token-rel-"))
+    os.chmod(d, 0o755)
+    return d
+
+
+# Prepended to every child script: parameters, log capture, helpers; ``drop()`` switches to
+# ``P["uid"]`` (call it after the imports the scenario needs).
+_PRELUDE = '''
+import json, logging, os, sys, time, threading
+P = json.loads(sys.argv[1])
+LOGS = []
+
+def drop():
+    # The interpreter lives under /root (0700) here: import everything first, then drop.
+    if P.get("uid") is not None:
+        os.setgroups([])
+        os.setgid(P["uid"])
+        os.setuid(P["uid"])
+
+
+class _Capture(logging.Handler):
+    def emit(self, record):
+        LOGS.append([record.levelname, record.getMessage()])
+
+_log = logging.getLogger("sa_token")
+_log.addHandler(_Capture())
+_log.setLevel(logging.DEBUG)
+
+def wait_for(pred, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.002)
+    return bool(pred())
+
+def done(**result):
+    result["logs"] = LOGS
+    sys.stdout.write("RESULT " + json.dumps(result) + "\\n")
+    sys.stdout.flush()
+    os._exit(0)
+'''
+
+
+def run_child(body: str, params: Optional[dict[str, Any]] = None, *, timeout: float = 30.0) -> dict[str, Any]:
+    """Run ``body`` in a fresh interpreter (after the prelude above); it must call
+    ``done(**result)``. Returns the result, with the child's ``sa_token`` log lines in
+    ``result["logs"]`` as ``[level, message]`` pairs."""
+    script = _PRELUDE + textwrap.dedent(body)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(params or {})],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd="/",
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+            result["stderr"] = proc.stderr
+            return result
+    raise AssertionError(f"child failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
