@@ -181,7 +181,7 @@ class CABundle:
         self._warned: set[str] = set()
         self._closed = False
         self._watcher: Optional[_Watcher] = None
-        self._finalizer: Optional["weakref.finalize[..., CABundle]"] = None
+        self._finalizer: Optional[weakref.finalize[..., CABundle]] = None
         self.watching = False
         sig = _signature(self.path)
         pem, ctx = load_ca_file(self.path)
