@@ -7,13 +7,12 @@ import gc
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
+from conftest import wait_for
 from sa_token import TokenFileError
 from sa_token._ca import CABundle, CAFileError
 from sa_token._watch import HUB
@@ -39,15 +38,6 @@ def handshake(ctx: ssl.SSLContext, server: FakeAPIServer) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
         with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             assert tls.version() is not None
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 def test_loads_and_verifies_the_server(kube: Kubelet, server: FakeAPIServer) -> None:

@@ -13,7 +13,8 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from _k8s_env import Cluster, make_cluster, wait_for
+from _k8s_env import Cluster, make_cluster
+from conftest import wait_for
 from sa_token import TokenError, TokenFileError, TokenSource
 from sa_token.kubernetes import ApiClient, NotInClusterError, load_incluster_config, read_namespace
 from sa_token.testing import TokenIssuer
