@@ -135,9 +135,6 @@ def _release(tfile: _TokenFile) -> None:
             HUB.unwatch(tfile)
 
 
-_watch_targets = watch_targets  # kept for older imports
-
-
 def _timestamp(value: Union[float, datetime]) -> float:
     if isinstance(value, datetime):
         if value.tzinfo is None:

@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import stat
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -209,8 +208,3 @@ class ProjectedVolume:
     def remove(self) -> None:
         """Delete the whole volume directory (as at pod teardown)."""
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def temporary_volume(**kwargs: object) -> ProjectedVolume:
-    """A ``ProjectedVolume`` in a fresh temporary directory (the caller removes it)."""
-    return ProjectedVolume(Path(tempfile.mkdtemp(prefix="sa-token-")) / "serviceaccount", **kwargs)  # type: ignore[arg-type]
