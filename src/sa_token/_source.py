@@ -478,7 +478,10 @@ class TokenSource:
         current = self._token
         if current is None:
             return
-        key = (type(err).__name__, str(err))
+        # One warning per cause: a file error is one cause per errno, whatever its hint says (a
+        # missing file reads as "dangling symlink" or not depending on the moment of the swap).
+        errno_ = getattr(err, "errno", None)
+        key = (type(err).__name__, f"errno {errno_}" if errno_ is not None else str(err))
         if key not in self._warned:
             self._warned.add(key)
             left = current._exp_ts - now
