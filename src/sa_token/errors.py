@@ -15,12 +15,16 @@ contains the token::
 
 ``TokenFileError`` subclasses ``OSError`` and ``MalformedTokenError`` subclasses ``ValueError``
 so that existing ``except OSError:`` / ``except ValueError:`` clauses keep working.
+
+Every error has a ``reason``: a short, stable code (``"missing"``, ``"expired"``,
+``"audience-mismatch"``...) for programs, metrics labels and log de-duplication; the message is
+for people and may change.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Optional
+from typing import Any, Optional
 
 __all__ = [
     "AudienceMismatchError",
@@ -38,44 +42,71 @@ class TokenError(Exception):
     """Base class of every error sa-token raises.
 
     ``path`` is the token file the error is about (``None`` when a token string was parsed
-    without a file).
+    without a file). ``reason`` is a short, stable code for the cause.
     """
 
-    def __init__(self, message: str, *, path: Optional[str] = None) -> None:
+    reason = "error"
+    """A short, stable code for the cause (the class default, or a finer one per instance)."""
+
+    def __init__(self, message: str, *, path: Optional[str] = None, reason: Optional[str] = None) -> None:
         super().__init__(message)
         self.message = message
         self.path = path
+        if reason is not None:
+            self.reason = reason
 
     def __str__(self) -> str:
         return self.message
+
+    def _extra(self) -> dict[str, object]:
+        return {"reason": self.reason}
+
+    def __reduce__(self) -> tuple[object, ...]:  # keep pickling (multiprocessing) working
+        return (_rebuild, (type(self), self.message, self.path, self._extra()))
 
 
 class TokenFileError(TokenError, OSError):
     """The token file is missing, unreadable, empty, not a regular file or far too large.
 
     Also an ``OSError``: ``errno`` carries the operating system's error number when there was
-    one (``None`` for an empty or oversized file).
+    one (``None`` for an empty or oversized file). ``reason`` is one of ``"missing"``,
+    ``"permission-denied"``, ``"is-a-directory"``, ``"not-a-file"``, ``"empty"``,
+    ``"too-large"``, ``"symlink-loop"``, ``"not-a-path"`` (a token was passed instead of its
+    path) or ``"unreadable"``.
     """
 
-    def __init__(self, message: str, *, path: Optional[str] = None, errno: Optional[int] = None) -> None:
-        TokenError.__init__(self, message, path=path)
+    reason = "unreadable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Optional[str] = None,
+        errno: Optional[int] = None,
+        reason: Optional[str] = None,
+    ) -> None:
+        TokenError.__init__(self, message, path=path, reason=reason)
         self.errno = errno
         self.filename = path
 
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self) -> tuple[object, ...]:  # keep pickling (multiprocessing) working
-        return (_rebuild, (type(self), self.message, self.path, {"errno": self.errno}))
+    def _extra(self) -> dict[str, object]:
+        return {"reason": self.reason, "errno": self.errno}
 
 
 class MalformedTokenError(TokenError, ValueError):
     """The file's content is not a usable JWT: wrong shape, bad base64 or JSON, or claims of
     the wrong type (``exp`` as a string, ``aud`` as a number...). Also a ``ValueError``."""
 
+    reason = "malformed"
+
 
 class TokenValidationError(TokenError):
     """The token parsed, but its claims say it must not be used now or here."""
+
+    reason = "invalid"
 
 
 class TokenExpiredError(TokenValidationError):
@@ -84,29 +115,40 @@ class TokenExpiredError(TokenValidationError):
     ``expires_at`` is the expiry as an aware UTC datetime.
     """
 
+    reason = "expired"
+
     def __init__(
-        self, message: str, *, path: Optional[str] = None, expires_at: Optional[datetime] = None
+        self,
+        message: str,
+        *,
+        path: Optional[str] = None,
+        expires_at: Optional[datetime] = None,
+        reason: Optional[str] = None,
     ) -> None:
-        super().__init__(message, path=path)
+        super().__init__(message, path=path, reason=reason)
         self.expires_at = expires_at
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), self.message, self.path, {"expires_at": self.expires_at}))
+    def _extra(self) -> dict[str, object]:
+        return {"reason": self.reason, "expires_at": self.expires_at}
 
 
 class TokenNotYetValidError(TokenValidationError):
     """The token's ``nbf`` (or ``iat``) lies in the future by more than the allowed leeway."""
 
+    reason = "not-yet-valid"
+
 
 class AudienceMismatchError(TokenValidationError):
     """The token's ``aud`` claim does not contain any of the expected audiences."""
+
+    reason = "audience-mismatch"
 
 
 class IssuerMismatchError(TokenValidationError):
     """The token's ``iss`` claim is not the expected issuer."""
 
+    reason = "issuer-mismatch"
 
-def _rebuild(
-    cls: type[TokenError], message: str, path: Optional[str], extra: dict[str, object]
-) -> TokenError:
+
+def _rebuild(cls: type[TokenError], message: str, path: Optional[str], extra: dict[str, Any]) -> TokenError:
     return cls(message, path=path, **extra)

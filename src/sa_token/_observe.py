@@ -1,0 +1,73 @@
+"""Observation points that `sa_token.metrics` reads at scrape time (nothing on the request path).
+
+Integrations report here; the metrics collectors read here. Kept free of any metrics library:
+
+* `count_auth_retry(client)`: a request was sent again after a 401 (or gRPC UNAUTHENTICATED)
+  with a re-read token; ``client`` is the integration's name (``"requests"``, ``"httpx"``,
+  ``"aiohttp"``, ``"grpc"``, ``"kubernetes"``, ...).
+* `track_credential(obj)`: an exchanged credential (a Vault token, cloud credentials) to report
+  the expiry of. ``obj`` follows [`ExchangedCredential`][sa_token._observe.ExchangedCredential];
+  it is held weakly, so a dropped credential disappears from the metrics by itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import Counter
+from typing import Optional, Protocol, runtime_checkable
+
+__all__ = ["ExchangedCredential", "auth_retries", "count_auth_retry", "credentials", "track_credential"]
+
+_LOCK = threading.Lock()
+_AUTH_RETRIES: Counter[str] = Counter()
+_CREDENTIALS: weakref.WeakSet[ExchangedCredential] = weakref.WeakSet()
+
+
+@runtime_checkable
+class ExchangedCredential(Protocol):
+    """What an exchange integration exposes for monitoring."""
+
+    @property
+    def credential_kind(self) -> str:
+        """``"vault"``, ``"aws"``, ``"alibabacloud"``, ``"azure"`` or ``"google"``."""
+
+    @property
+    def credential_source_path(self) -> Optional[str]:
+        """The projected token file the credential was exchanged from."""
+
+    @property
+    def credential_audience(self) -> Optional[str]:
+        """The audience of that token."""
+
+    def credential_expires_at(self) -> Optional[float]:
+        """When the credential held now expires (POSIX seconds), ``None`` if none is held."""
+
+
+def count_auth_retry(client: str) -> None:
+    """Count one request sent again with a re-read token after an authentication failure."""
+    with _LOCK:
+        _AUTH_RETRIES[client] += 1
+
+
+def auth_retries() -> dict[str, int]:
+    """Retries so far, by client name."""
+    with _LOCK:
+        return dict(_AUTH_RETRIES)
+
+
+def track_credential(obj: ExchangedCredential) -> None:
+    """Report ``obj``'s expiry in the metrics while it is alive."""
+    with _LOCK:
+        _CREDENTIALS.add(obj)
+
+
+def credentials() -> list[ExchangedCredential]:
+    """The live exchanged credentials."""
+    with _LOCK:
+        return list(_CREDENTIALS)
+
+
+def _after_fork_in_child() -> None:  # the lock may have been held by a thread that is gone
+    global _LOCK  # noqa: PLW0603
+    _LOCK = threading.Lock()

@@ -1,0 +1,129 @@
+"""The one validity rule: may this token be used now, by a client expecting these claims?
+
+A pure function of the token, the time and the expectations, used by `TokenSource` on every
+read and by the CLI's `inspect`, `watch` and `check`, so that they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from . import _fmt
+from ._token import Token
+from .errors import (
+    AudienceMismatchError,
+    IssuerMismatchError,
+    TokenExpiredError,
+    TokenNotYetValidError,
+    TokenValidationError,
+)
+
+__all__ = [
+    "DEFAULT_LEEWAY",
+    "STALE_MARGIN",
+    "Expectations",
+    "binding_error",
+    "check",
+    "stale_for",
+    "time_error",
+    "valid_from",
+]
+
+# Allowed clock skew for nbf/iat: the API server stamps them with its own clock; go-jose's
+# jwt.DefaultLeeway, which the API server's authenticator uses, is one minute. `exp` gets none:
+# the kubelet rotates at 80% of the lifetime, long before it matters.
+DEFAULT_LEEWAY = 60.0
+# After the rotation point, how long to wait for the kubelet before calling the token stale: its
+# jitter (up to 10 s) plus the pod resync period (1 min with 50% jitter, so 90 s).
+STALE_MARGIN = 100.0
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What a client requires of its token: one of ``audiences`` (``None``: any), the exact
+    ``issuer`` (``None``: any), and the clock skew ``leeway`` allowed for ``nbf``/``iat``."""
+
+    audiences: Optional[tuple[str, ...]] = None
+    issuer: Optional[str] = None
+    leeway: float = DEFAULT_LEEWAY
+
+
+def binding_error(tok: Token, expect: Expectations, path: Optional[str]) -> Optional[TokenValidationError]:
+    """The error if the token is not for the expected audience or issuer (a configuration
+    error: it will not heal by waiting), else ``None``."""
+    where = _fmt.path(path) if path else "the token"
+    if expect.audiences is not None and not set(expect.audiences) & set(tok.audiences):
+        want = expect.audiences[0] if len(expect.audiences) == 1 else list(expect.audiences)
+        return AudienceMismatchError(
+            f"token at {where} is for audience {_fmt.text(list(tok.audiences))}, "
+            f"not {_fmt.text(repr(want))}; "
+            "set serviceAccountToken.audience in the pod's projected volume, or pass the "
+            "audience this token is for",
+            path=path,
+        )
+    if expect.issuer is not None and tok.issuer != expect.issuer:
+        return IssuerMismatchError(
+            f"token at {where} was issued by {_fmt.text(repr(tok.issuer))}, "
+            f"not {_fmt.text(repr(expect.issuer))}; "
+            "check the cluster's --service-account-issuer or the issuer you expect",
+            path=path,
+        )
+    return None
+
+
+def valid_from(tok: Token, leeway: float) -> float:
+    """The first instant the token may be used: its ``nbf`` and ``iat``, less the leeway."""
+    start = -math.inf
+    for claim in ("nbf", "iat"):
+        t = tok.claims.get(claim)
+        if t is not None:
+            start = max(start, float(t) - leeway)
+    return start
+
+
+def time_error(tok: Token, now: float, leeway: float, path: Optional[str]) -> Optional[TokenValidationError]:
+    """The error if the token is expired or not yet valid at ``now`` (POSIX seconds), else
+    ``None``."""
+    where = _fmt.path(path) if path else "the token"
+    exp = tok._exp_ts
+    if now >= exp:
+        rp = tok._rotation_ts
+        why = (
+            f"the kubelet should have rotated it at {_fmt.iso(rp)} (80% of its lifetime): check the "
+            "kubelet and the volume (a subPath mount never rotates)"
+            if rp is not None
+            else "check the kubelet and the volume (a subPath mount never rotates)"
+        )
+        return TokenExpiredError(
+            f"token at {where} expired at {_fmt.iso(exp)}, {_fmt.duration(now - exp)} ago; {why}",
+            path=path,
+            expires_at=tok.expires_at,
+        )
+    for claim in ("nbf", "iat"):
+        t = tok.claims.get(claim)
+        if t is not None and t - leeway > now:
+            return TokenNotYetValidError(
+                f"token at {where} is not valid until {_fmt.iso(t)} ({claim} is {_fmt.duration(t - now)} "
+                f"in the future, beyond the {leeway:.0f}s leeway); check this node's clock",
+                path=path,
+            )
+    return None
+
+
+def check(
+    tok: Token, now: float, expect: Expectations, path: Optional[str]
+) -> Optional[TokenValidationError]:
+    """The first reason not to use the token (binding, then time), or ``None``."""
+    return binding_error(tok, expect, path) or time_error(tok, now, expect.leeway, path)
+
+
+def stale_for(tok: Token, now: float) -> Optional[float]:
+    """Seconds since the kubelet should have rotated this token (past its rotation point plus
+    `STALE_MARGIN`) while it is still unexpired; ``None`` when it is not stale."""
+    rp = tok._rotation_ts
+    if rp is None or now >= tok._exp_ts:
+        return None
+    late = now - (rp + STALE_MARGIN)
+    return late if late >= 0 else None
