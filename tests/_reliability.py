@@ -12,6 +12,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -117,13 +118,16 @@ def done(**result):
 '''
 
 
-def run_child(body: str, params: Optional[dict[str, Any]] = None, *, timeout: float = 30.0) -> dict[str, Any]:
+def run_child(
+    body: str, params: Optional[dict[str, Any]] = None, *, timeout: float = 30.0, prefix: Sequence[str] = ()
+) -> dict[str, Any]:
     """Run ``body`` in a fresh interpreter (after the prelude above); it must call
     ``done(**result)``. Returns the result, with the child's ``sa_token`` log lines in
-    ``result["logs"]`` as ``[level, message]`` pairs."""
+    ``result["logs"]`` as ``[level, message]`` pairs. ``prefix``: a command that runs the
+    interpreter (``unshare ...``)."""
     script = _PRELUDE + textwrap.dedent(body)
     proc = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(params or {})],
+        [*prefix, os.path.abspath(sys.executable), "-c", script, json.dumps(params or {})],
         capture_output=True,
         text=True,
         timeout=timeout,

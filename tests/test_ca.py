@@ -15,7 +15,7 @@ import pytest
 from conftest import wait_for
 from sa_token import TokenFileError
 from sa_token._ca import CABundle, CAFileError
-from sa_token._watch import HUB
+from sa_token._hub import HUB
 from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
 from sa_token.testing.apiserver import FakeAPIServer
 

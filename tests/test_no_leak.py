@@ -35,8 +35,7 @@ import sa_token.requests as sa_requests
 from _reliability import file_with, publish
 from conftest import wait_for
 from sa_token import TokenError, TokenSource
-from sa_token._source import _FILES
-from sa_token._watch import HUB
+from sa_token._hub import HUB
 from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
 from sa_token.testing.apiserver import FakeAPIServer
 
@@ -229,7 +228,7 @@ def test_token_never_in_repr_or_str(
             token_issuer,
             server,
             server.requests,
-            _FILES.get(src.path),
+            HUB.files.get(src.path),
             HUB.watched_directories(),
         ]
         for obj in objects:

@@ -23,8 +23,8 @@ from sa_token import (
     TokenNotYetValidError,
     TokenSource,
 )
-from sa_token._source import DEFAULT_LEEWAY, STALE_MARGIN
-from sa_token._watch import HUB
+from sa_token._hub import HUB
+from sa_token._source import DEFAULT_LEEWAY, FAILED_READ_RETRY, STALE_MARGIN
 from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
 
 AUD = "vault"
@@ -297,7 +297,10 @@ def test_exp_is_strict_and_expired_token_is_never_handed_out(
             src.current()
         fresh = token_issuer.issue(audiences=[AUD], expiration_seconds=600, now=clock.now)
         vol.rotate(fresh)
-        assert src.token() == fresh  # token() re-read once and found the rotated token
+        with pytest.raises(TokenExpiredError):
+            src.token()  # the re-read at expiry found nothing new: the next one is a retry delay away
+        clock.advance(FAILED_READ_RETRY)
+        assert src.token() == fresh  # token() re-read and found the rotated token
 
 
 def test_expired_token_in_file_at_start_is_refused_by_token_not_constructor(
@@ -376,7 +379,7 @@ def test_kept_token_raises_once_it_expires(
     with TokenSource(vol.token_path, audience=AUD, clock=clock) as src:
         good = src.token()
         vol.write({"token": "garbage"})
-        assert wait_for(lambda: src._last_error is not None)
+        assert wait_for(lambda: src.status().last_error is not None)
         clock.advance(300)
         assert src.token() == good
         clock.advance(301)

@@ -1,15 +1,31 @@
-"""Reading a token file safely: regular files only, bounded size, one clear error per cause."""
+"""Reading small files safely, and one way of saying why a file could not be used.
+
+* `read_bounded`: the bytes of a file, at most a limit, opened without blocking (a FIFO or a
+  device at the path cannot hang the caller), in three system calls (open, read, close).
+* `describe`: the typed error for an `OSError`, naming the file and the cause, for the token,
+  CA and namespace readers alike. A path that looks like a token is never echoed.
+* `read_token_file`: read, strip and parse a token file.
+
+Why three system calls and a GIL-holding variant: each system call releases the GIL, and getting it
+back while other threads run Python code costs up to a switch interval (5 ms) per call, often several
+(the waiting threads take turns). A rotation picked up by the watcher thread must not wait for
+four of them; on tmpfs (every projected volume is one) open/read/close cannot block, so the
+watcher thread makes them through `ctypes.PyDLL`, which keeps the GIL. See docs/model.md.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import errno as _errno
 import os
 import stat
+from typing import Optional
 
+from . import _fmt
 from ._token import Token, parse_token
-from .errors import MalformedTokenError, TokenFileError
+from .errors import MalformedTokenError, TokenError, TokenFileError
 
-__all__ = ["MAX_TOKEN_BYTES", "TooLarge", "read_bounded", "read_token_file"]
+__all__ = ["MAX_TOKEN_BYTES", "TooLarge", "describe", "on_memory_fs", "read_bounded", "read_token_file"]
 
 # A bound ServiceAccount JWT is about 1 KiB; 64 KiB leaves room for any claim set a cluster adds
 # while refusing to load a file that is obviously not a token (a log, a core dump...).
@@ -18,116 +34,218 @@ MAX_TOKEN_BYTES = 64 * 1024
 # resolved ..data just before the swap can hit ENOENT. The new generation is already published,
 # so an immediate retry reads it. Three attempts cover back-to-back swaps.
 _READ_ATTEMPTS = 3
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+# statfs(2) f_type of the memory file systems a projected volume lives on (linux/magic.h).
+_MEMORY_FS = {0x01021994, 0x858458F6}  # TMPFS_MAGIC, RAMFS_MAGIC
 
-
-def read_bounded(path: str, limit: int) -> bytes:
-    """The bytes of the regular file at ``path`` (symlinks followed), at most ``limit`` of them.
-
-    Raises ``OSError``: ``IsADirectoryError``, ``EINVAL`` for a FIFO or device (opened without
-    blocking, so it cannot hang), :class:`TooLarge` past ``limit``. ``FileNotFoundError`` is
-    retried: the kubelet removes the old generation right after the ``..data`` swap.
-    """
-    for attempt in range(_READ_ATTEMPTS):
-        try:
-            return _read_once(path, limit)
-        except FileNotFoundError:
-            if attempt == _READ_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def read_token_file(path: str) -> Token:
-    """Read, strip and parse the token at ``path`` (symlinks followed).
-
-    Raises :class:`TokenFileError` (missing, unreadable, not a regular file, empty, too large)
-    or :class:`MalformedTokenError`; messages name the path and never contain the token.
-    """
+def _libc() -> tuple[Optional[ctypes.CDLL], Optional[ctypes.PyDLL]]:
+    """libc twice: for statfs, and for reads that keep the GIL (PyDLL does not release it)."""
     try:
-        raw = read_bounded(path, MAX_TOKEN_BYTES)
-    except OSError as exc:
-        raise _file_error(path, exc) from None
-    text = raw.strip()
-    if not text:
-        raise TokenFileError(
-            f"token file {path} is empty{' (whitespace only)' if raw else ''}; "
-            "the kubelet may be mid-write, or the volume is not a ServiceAccount token volume",
-            path=path,
-        )
-    # Checked before decoding, not by catching UnicodeDecodeError: that exception holds the whole
-    # file (token included) and would stay reachable as the new error's __context__.
-    if not text.isascii():
-        raise MalformedTokenError(f"token file {path} is not a JWT: it contains non-ASCII bytes", path=path)
-    return parse_token(text.decode("ascii"), path=path)
+        libc = ctypes.CDLL(None, use_errno=True)
+        keeping_gil = ctypes.PyDLL(None, use_errno=True)
+        keeping_gil.open.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        keeping_gil.open.restype = ctypes.c_int
+        keeping_gil.read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+        keeping_gil.read.restype = ctypes.c_ssize_t
+        keeping_gil.close.argtypes = [ctypes.c_int]
+        keeping_gil.close.restype = ctypes.c_int
+    except (OSError, AttributeError):  # pragma: no cover - not a Linux/glibc-like libc
+        return None, None
+    return libc, keeping_gil
 
 
-def _read_once(path: str, limit: int) -> bytes:
-    # O_NONBLOCK: a FIFO or device at the path must not hang the caller.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+_LIBC, _LIBC_GIL = _libc()
+
+
+def on_memory_fs(path: str) -> bool:
+    """Whether ``path`` is on tmpfs or ramfs, where reading a small file cannot block."""
+    if _LIBC is None:
+        return False
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(_errno.EISDIR, "is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(_errno.EINVAL, "not a regular file")
-        if st.st_size > limit:
-            raise TooLarge(st.st_size)
-        chunks = []
-        remaining = limit + 1  # the size can grow after fstat: read one byte more to notice
-        while remaining > 0:
-            want = min(remaining, 1 << 20)
-            chunk = os.read(fd, want)
-            chunks.append(chunk)
-            remaining -= len(chunk)
-            if len(chunk) < want:  # a short read of a regular file is its end: no extra syscall
-                break
-        data = b"".join(chunks)
-        if len(data) > limit:
-            raise TooLarge(len(data))
-        return data
-    finally:
-        os.close(fd)
+        if _LIBC.statfs(os.fsencode(path), buf) != 0:
+            return False
+    except (AttributeError, ValueError):  # pragma: no cover - no statfs, or a NUL in the path
+        return False
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF in _MEMORY_FS
 
 
 class TooLarge(OSError):
     """The file is larger than the reader's limit."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, limit: int) -> None:
         super().__init__(_errno.EFBIG, "too large")
         self.size = size
+        self.limit = limit
 
 
-def _file_error(path: str, exc: OSError) -> TokenFileError:
-    if isinstance(exc, TooLarge):
-        return TokenFileError(
-            f"token file {path} is {exc.size} bytes, larger than any JWT (limit {MAX_TOKEN_BYTES}); "
-            "check that the path points at a ServiceAccount token",
+def read_bounded(path: str, limit: int, *, hold_gil: bool = False) -> bytes:
+    """The bytes of the file at ``path`` (symlinks followed), at most ``limit`` of them.
+
+    Raises `OSError`: `IsADirectoryError` for a directory, `TooLarge` past ``limit``.
+    ``FileNotFoundError`` is retried: the kubelet removes the old generation right after the
+    ``..data`` swap. ``hold_gil``: read without releasing the GIL (only for memory file systems).
+    """
+    read_once = _read_holding_gil if hold_gil and _LIBC_GIL is not None else _read_once
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            data = read_once(path, limit + 1)  # one byte more than allowed: to notice "too large"
+        except FileNotFoundError:
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+            continue
+        if len(data) > limit:
+            raise TooLarge(len(data), limit)
+        return data
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _read_once(path: str, size: int) -> bytes:
+    # One read: a regular file returns everything up to `size` at once. A FIFO or device opened
+    # without blocking returns what it has (often nothing); the caller's checks refuse it.
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _read_holding_gil(path: str, size: int) -> bytes:
+    libc = _LIBC_GIL
+    assert libc is not None
+    fd = libc.open(os.fsencode(path), _OPEN_FLAGS)
+    if fd < 0:
+        raise _errno_error(path)
+    buf = ctypes.create_string_buffer(size)
+    n = libc.read(fd, buf, size)
+    err = _errno_error(path) if n < 0 else None
+    libc.close(fd)
+    if err is not None:
+        raise err
+    return buf.raw[:n]
+
+
+def _errno_error(path: str) -> OSError:
+    code = ctypes.get_errno()
+    return OSError(code, os.strerror(code), path)  # OSError picks the subclass for the errno
+
+
+def read_token_file(path: str, *, hold_gil: bool = False) -> Token:
+    """Read, strip and parse the token at ``path`` (symlinks followed).
+
+    Raises `TokenFileError` (missing, unreadable, not a regular file, empty, too large) or
+    `MalformedTokenError`; messages name the path and never contain the token. The error's
+    traceback starts here: the frames that held the file's bytes are not kept on it.
+    """
+    try:
+        return _read_token(path, hold_gil)
+    except TokenError as exc:
+        raise exc.with_traceback(None) from None
+
+
+def _read_token(path: str, hold_gil: bool) -> Token:
+    try:
+        raw = read_bounded(path, MAX_TOKEN_BYTES, hold_gil=hold_gil)
+    except OSError as exc:
+        raise describe(path, exc) from None
+    text = raw.strip()
+    if not text:
+        if not _is_regular(path):
+            raise describe(path, OSError(_errno.EINVAL, "not a regular file"))
+        raise TokenFileError(
+            f"token file {_fmt.path(path)} is empty{' (whitespace only)' if raw else ''}; "
+            "the kubelet may be mid-write, or the volume is not a ServiceAccount token volume",
             path=path,
+            reason="empty",
         )
+    # Checked before decoding, not by catching UnicodeDecodeError: that exception holds the whole
+    # file (token included) and would stay reachable as the new error's __context__.
+    if not text.isascii():
+        raise MalformedTokenError(
+            f"token file {_fmt.path(path)} is not a JWT: it contains non-ASCII bytes", path=path
+        )
+    return parse_token(text.decode("ascii"), path=path)
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # gone meanwhile: report what the read saw
+
+
+# What each kind of file is, for the messages: (its name, what to check when it is missing).
+_KINDS = {
+    "token": (
+        "token file",
+        "check the path; in a pod, mount a projected serviceAccountToken volume there "
+        "(automountServiceAccountToken must not be false)",
+    ),
+    "CA": (
+        "CA file",
+        "outside a pod, pass the CA bundle's path; in a pod, check that the kube-api-access (or a "
+        "projected configMap kube-root-ca.crt) volume is mounted",
+    ),
+    "namespace": (
+        "namespace file",
+        "in a pod, it is mounted with the ServiceAccount token (automountServiceAccountToken must not "
+        "be false)",
+    ),
+}
+
+
+def describe(
+    path: str, exc: OSError, *, kind: str = "token", error: type[TokenFileError] = TokenFileError
+) -> TokenFileError:
+    """The typed error for ``exc`` raised while reading ``path``: the file and the cause, what
+    to check, a stable ``reason``; never the path itself when it looks like a token."""
+    name, missing = _KINDS[kind]
+    if isinstance(exc, TooLarge) and not _is_regular(path):  # /dev/zero and the like
+        exc = OSError(_errno.EINVAL, "not a regular file")
     code = exc.errno
+    shown = _fmt.path(path)
+    if _fmt.looks_like_jwt(path):
+        return error(
+            f"the {name} path given looks like a token, not a path: pass the path of the file that "
+            "holds it (the value is not repeated here)",
+            path=None,
+            errno=code,
+            reason="not-a-path",
+        )
+    if isinstance(exc, TooLarge):
+        what = "any JWT" if kind == "token" else f"any {kind} file"
+        return error(
+            f"{name} {shown} is {exc.size} bytes or more, larger than {what} (limit {exc.limit}); "
+            "check that the path points at the right file",
+            path=path,
+            reason="too-large",
+        )
     if isinstance(exc, FileNotFoundError):
-        hint = (
-            "check the path; in a pod, mount a projected serviceAccountToken volume there "
-            "(automountServiceAccountToken must not be false)"
-        )
         if os.path.islink(path):
-            hint = "it is a dangling symlink (the projected volume's ..data target is gone)"
-        return TokenFileError(f"token file {path} does not exist: {hint}", path=path, errno=code)
+            missing = "it is a dangling symlink (the projected volume's ..data target is gone)"
+        return error(f"{name} {shown} does not exist: {missing}", path=path, errno=code, reason="missing")
     if isinstance(exc, PermissionError):
-        return TokenFileError(
-            f"cannot read token file {path}: {_permission_hint(path)}", path=path, errno=code
-        )
-    if isinstance(exc, IsADirectoryError):
-        return TokenFileError(
-            f"token file {path} is a directory, not a file; point at the token inside the volume",
+        return error(
+            f"cannot read {name} {shown}: {_permission_hint(path)}",
             path=path,
             errno=code,
+            reason="permission-denied",
+        )
+    if isinstance(exc, IsADirectoryError):
+        return error(
+            f"{name} {shown} is a directory, not a file; point at the file inside the volume",
+            path=path,
+            errno=code,
+            reason="is-a-directory",
         )
     if code == _errno.ELOOP:
-        return TokenFileError(f"token file {path} is a symlink loop", path=path, errno=code)
-    if code == _errno.EINVAL:
-        return TokenFileError(f"token file {path} is not a regular file", path=path, errno=code)
+        return error(f"{name} {shown} is a symlink loop", path=path, errno=code, reason="symlink-loop")
+    if code in (_errno.EINVAL, _errno.EAGAIN, _errno.ENXIO):  # what a FIFO or a device gives
+        return error(f"{name} {shown} is not a regular file", path=path, errno=code, reason="not-a-file")
+    if code == _errno.ENAMETOOLONG:
+        return error(f"{name} path {shown} is too long to be a path", path=path, errno=code, reason="missing")
     reason = os.strerror(code) if code else type(exc).__name__
-    return TokenFileError(f"cannot read token file {path}: {reason}", path=path, errno=code)
+    return error(f"cannot read {name} {shown}: {reason}", path=path, errno=code, reason="unreadable")
 
 
 def _permission_hint(path: str) -> str:
@@ -136,8 +254,8 @@ def _permission_hint(path: str) -> str:
         owner = f"mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid} gid {st.st_gid}"
     except OSError:
         owner = "mode unknown"
-    me = f"this process runs as uid {os.geteuid()} gid {os.getegid()}" if hasattr(os, "geteuid") else ""
+    me = f"; this process runs as uid {os.geteuid()} gid {os.getegid()}" if hasattr(os, "geteuid") else ""
     return (
-        f"permission denied ({owner}; {me}). Projected tokens are 0600, or 0640 with fsGroup: "
+        f"permission denied ({owner}{me}). Projected tokens are 0600, or 0640 with fsGroup: "
         "run as the file's owner (runAsUser) or set the pod's securityContext.fsGroup"
     )

@@ -1,46 +1,50 @@
-"""``TokenSource``: always hand out the current, valid projected ServiceAccount token.
+"""`TokenSource`: always hand out the current, valid projected ServiceAccount token.
 
-How it stays current without I/O on the request path:
+Each source holds one immutable `_Snapshot`: the last good token, when it was read, when to read
+the file again, the window in which it may be served (from ``nbf``/``iat`` less the leeway until
+the earlier of ``exp`` and the next re-read, plus a second's grace for the watcher thread to do
+it) and the last read error. The snapshot is replaced
+as a whole, only under the file's lock; readers take it with one attribute read.
 
-* the file is read once at construction (errors surface there, typed);
-* the process-wide watcher (:mod:`sa_token._watch`) re-reads it when inotify reports the
-  kubelet's ``..data`` swap, within milliseconds;
-* the timer thread re-reads it every ``refresh_interval`` and at the kubelet's rotation point
-  (80% of the lifetime), in case an event was missed or inotify is unavailable;
-* :meth:`TokenSource.token` checks one deadline (the earliest of ``exp`` and the next scheduled
-  re-read) and returns the cached string; past the deadline it re-reads first.
-
-A re-read that fails keeps the last good token while it is valid (one warning per distinct
-failure). A token known to be expired is never handed out.
+`TokenSource.token` reads the clock once and compares it with the snapshot's window: inside it,
+it returns the token; past it, it re-reads the file (one thread reads, the others wait for it)
+and checks again, or raises. So no background thread is needed for correctness: the process-wide
+watcher thread (`sa_token._hub`) only makes pickups early, re-reading on the kubelet's
+``..data`` swap and at each deadline. See docs/model.md for the whole picture.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import os
-import threading
+import re
 import time
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Optional, Union
 
-from ._read import read_token_file
+from . import _fmt
+from ._hub import HUB, HubFile, volume_root
+from ._read import on_memory_fs, read_token_file
 from ._subscribers import Subscribers
 from ._token import Token
-from ._watch import HUB, watch_targets
-from .errors import (
-    AudienceMismatchError,
-    IssuerMismatchError,
-    TokenError,
-    TokenExpiredError,
-    TokenNotYetValidError,
-    TokenValidationError,
+from ._validity import (
+    DEFAULT_LEEWAY,
+    STALE_MARGIN,
+    Expectations,
+    binding_error,
+    stale_for,
+    time_error,
+    valid_from,
 )
+from .errors import TokenError, TokenFileError, TokenValidationError
 
-__all__ = ["DEFAULT_TOKEN_PATH", "TokenSource"]
+__all__ = ["DEFAULT_LEEWAY", "DEFAULT_TOKEN_PATH", "STALE_MARGIN", "TokenSource", "TokenStatus"]
 
 log = logging.getLogger("sa_token")
 
@@ -48,142 +52,138 @@ log = logging.getLogger("sa_token")
 DEFAULT_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 # Fallback re-read period: the platform docs ask apps to reload the token at least every 5 minutes.
 DEFAULT_REFRESH_INTERVAL = 300.0
-# Allowed clock skew for nbf/iat: the API server stamps them with its own clock; go-jose's
-# jwt.DefaultLeeway, which the API server's authenticator uses, is one minute.
-DEFAULT_LEEWAY = 60.0
-# After the rotation point, how long to wait for the kubelet before warning that it is not
-# rotating: its jitter (up to 10 s) plus the pod resync period (1 min with 50% jitter, 90 s).
-STALE_MARGIN = 100.0
-# After a failed re-read, retry this soon (not on every token() call): mid-swap failures heal
-# with the next event, and this bounds the I/O a failing file causes on the request path.
+# After a failed re-read, retry this soon, not on every token() call: mid-swap failures heal with
+# the next event, and this bounds the I/O a failing file causes on the request path.
 FAILED_READ_RETRY = 5.0
-# token()'s fast path reads no clock: the timer thread switches it off this long before the
-# next deadline (expiry, rotation point, refresh), so a late wake-up (GIL hand-off, a loaded
-# machine) cannot serve a token past its deadline; until the deadline token() checks the clock.
-HOT_GUARD = 1.0
-
-_wall = time.time  # module-level so that freezegun can patch it
+# The watcher thread re-reads at a snapshot's re-read time; a request reads the file itself only
+# once the thread is this late (a GIL hand-off on a busy machine takes milliseconds, not seconds).
+# The re-read time is a freshness target, not a validity limit: exp is never exceeded.
+REQUEST_GRACE = 1.0
 
 Clock = Callable[[], float]
 Subscriber = Callable[[Token], None]
+# The wall clock. A module attribute, not `time.time` looked up each call: one lookup less on the
+# hot path; freezegun replaces such attributes (it scans the loaded modules) while time is frozen.
+_time = time.time
 
 
-class _TokenFile:
-    """One token file, shared by every TokenSource on that path: one watch, one read per
-    rotation, results dispatched to each source (which applies its own audience/issuer)."""
+@dataclass(frozen=True)
+class _Snapshot:
+    """What readers of one source share. Replaced whole, under the file's lock."""
+
+    token: Token
+    value: str = field(repr=False)  # token.value, one attribute read closer for token()
+    read_at: float  # when ``token`` was read (clock time)
+    refresh_at: float  # when to read the file again
+    serve_from: float  # nbf/iat less the leeway
+    serve_until: float  # min(refresh_at + REQUEST_GRACE, exp); -inf once invalidated or closed
+    error: Optional[TokenError]  # the last read's error; None when it succeeded
+    generation: int  # the file read this snapshot reflects (single flight)
+    reads: int  # successful reads so far
+    failures: int  # failed reads so far
+
+
+@dataclass(frozen=True)
+class TokenStatus:
+    """A source's state, as `TokenSource.status` reports it (no I/O, no token)."""
+
+    path: str
+    """The token file."""
+    audiences: Optional[tuple[str, ...]]
+    """The audiences the source requires (``None``: any)."""
+    valid: bool
+    """Whether the current token may be used now (unexpired, already valid, source open)."""
+    reason: Optional[str]
+    """Why not: ``"expired"``, ``"not-yet-valid"`` or ``"closed"``; ``None`` when valid."""
+    expires_at: Optional[datetime]
+    """The current token's ``exp``."""
+    rotation_due_at: Optional[datetime]
+    """When the kubelet should replace it (80% of its lifetime)."""
+    stale: bool
+    """The rotation point passed (with the kubelet's margin) and the file still holds this token."""
+    last_read_at: Optional[datetime]
+    """When the current token was last read successfully."""
+    last_error: Optional[str]
+    """The last read's error message (never the token), ``None`` when the last read succeeded."""
+    watching: str
+    """``"inotify"``, ``"timer"`` (inotify unavailable or off) or ``"closed"``."""
+    reads: int
+    """Successful reads of the file by this source."""
+    failures: int
+    """Failed reads."""
+
+
+class _TokenFile(HubFile):
+    """One token file, shared by every `TokenSource` on that path: one watch, one read per
+    rotation, each source applying its own expectations to the result."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self.lock = threading.Lock()
+        super().__init__(key=path, path=path)
         self.generation = 0
-        # Weak: an app that drops a source without close() must not keep it alive forever.
         self.sources: weakref.WeakSet[TokenSource] = weakref.WeakSet()
+        # Every projected volume is tmpfs: there the watcher reads without releasing the GIL.
+        self.hold_gil = on_memory_fs(path)
 
-    def __repr__(self) -> str:
-        return f"_TokenFile({self.path!r}, sources={len(self.sources)})"
-
-    def refresh(self, seen_generation: Optional[int] = None) -> None:
-        """Re-read and dispatch. With ``seen_generation``, skip the read if another thread
-        read the file since that generation (single flight)."""
+    def refresh(self, seen: Optional[int] = None) -> None:
+        """Re-read and hand the result to each source. With ``seen``, skip if the file was read
+        since that generation (another thread did it: single flight)."""
         rotated: list[tuple[TokenSource, Token]] = []
         with self.lock:
-            if seen_generation is not None and self.generation != seen_generation:
+            if seen is not None and seen != self.generation:
                 return
-            try:
-                result: Union[Token, TokenError] = read_token_file(self.path)
-            except TokenError as exc:
-                result = exc
+            result = _read(self.path, self.hold_gil)
             self.generation += 1
             for src in list(self.sources):
-                tok = src._accept(result)
+                tok = src._accept(result, self.generation)
                 if tok is not None:
                     rotated.append((src, tok))
         for src, tok in rotated:
-            src._notify(tok)
+            src._subscribers.notify(tok)
 
-    def refresh_safely(self) -> None:
-        """For the watcher and timer threads: never let an error escape into them."""
-        try:
-            self.refresh()
-        except Exception:  # pragma: no cover - a bug; keep the thread alive
-            log.exception("sa-token: unexpected error re-reading %s", self.path)
-
-    def _after_fork(self) -> None:
-        self.lock = threading.Lock()
+    def after_fork_in_child(self) -> None:
+        super().after_fork_in_child()
+        for src in list(self.sources):
+            src._subscribers.after_fork_in_child()
 
 
-_FILES: dict[str, _TokenFile] = {}
-_FILES_LOCK = threading.Lock()
-
-
-def _reset_files_lock() -> None:  # after fork(): another thread may have held it
-    global _FILES_LOCK  # noqa: PLW0603
-    _FILES_LOCK = threading.Lock()
-    for f in _FILES.values():
-        f._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_files_lock)
-
-
-def _release(tfile: _TokenFile) -> None:
-    """A source was closed or garbage-collected: drop the file's watch once nobody uses it."""
-    with _FILES_LOCK:
-        if not tfile.sources and _FILES.get(tfile.path) is tfile:
-            del _FILES[tfile.path]
-            HUB.unwatch(tfile)
-
-
-def _timestamp(value: Union[float, datetime]) -> float:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("older_than must be an aware datetime (or a POSIX timestamp)")
-        return value.timestamp()
-    return float(value)
-
-
-def _ago(seconds: float) -> str:
-    seconds = abs(seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def _iso(ts: float) -> str:
+def _read(path: str, hold_gil: bool) -> Union[Token, TokenError]:
     try:
-        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (OverflowError, OSError, ValueError):
-        return "far future" if ts > 0 else "far past"
+        return read_token_file(path, hold_gil=hold_gil)
+    except TokenError as exc:
+        return exc
+    except Exception as exc:  # a bug: still a failed read, never a stuck source
+        return TokenFileError(
+            f"token file {_fmt.path(path)} could not be read ({type(exc).__name__})", path=path
+        )
 
 
 class TokenSource:
     """The current, valid token from a projected ServiceAccount token file.
 
-    >>> src = TokenSource("/var/run/secrets/tokens/vault", audience="vault")
-    >>> requests.get(url, headers={"Authorization": f"Bearer {src.token()}"})
+    ```python
+    src = TokenSource("/var/run/secrets/tokens/vault", audience="vault")
+    requests.get(url, headers={"Authorization": f"Bearer {src.token()}"})
+    ```
 
     The constructor reads the file: a wrong path, an unreadable or malformed file, or a token
-    for another audience or issuer raises there (see :mod:`sa_token.errors`). Afterwards the
-    token is re-read when the kubelet rotates it (inotify on the volume directory), every
-    ``refresh_interval`` seconds and at the kubelet's rotation point, in the background.
+    for another audience or issuer raises there (see `sa_token.errors`). Afterwards the token
+    is re-read when the kubelet rotates it (inotify on the volume directory), every
+    ``refresh_interval`` seconds and at the kubelet's rotation point, in the background; and
+    `token` re-reads it itself whenever the background is late.
 
-    Options (keyword-only):
+    Args:
+        path: The token file (default: the kube-api-access volume's token).
+        audience: The audience (or audiences, any one suffices) the token must carry.
+        issuer: The exact ``iss`` the token must carry.
+        refresh_interval: The fallback re-read period in seconds (default 300).
+        watch: Use inotify (default True); False leaves the timer alone.
+        leeway: Seconds of clock skew allowed for ``nbf``/``iat`` (default 60). ``exp`` gets
+            none: the kubelet rotates long before it.
+        clock: A `time.time`-like function, for tests. By default the clock is `time.time`,
+            looked up at each call (freezegun works).
 
-    * ``audience``: the audience (or audiences, any one suffices) the token must carry.
-    * ``issuer``: the exact ``iss`` the token must carry.
-    * ``refresh_interval``: the fallback re-read period in seconds (default 300).
-    * ``watch``: use inotify (default True); False leaves only the timer.
-    * ``leeway``: seconds of clock skew allowed for ``nbf``/``iat`` (default 60). ``exp`` gets
-      none: the kubelet writes the file on this node's clock and rotates long before expiry.
-    * ``clock``: a ``time.time``-like function, for tests.
-
-    Thread-safe; fork-safe (sources keep rotating in the child). Use as a context manager or
-    call :meth:`close` to stop watching.
+    Thread-safe and fork-safe (sources keep rotating in a forked child). Use it as a context
+    manager or call `close` to stop watching.
     """
 
     def __init__(
@@ -203,167 +203,185 @@ class TokenSource:
             )
         if not (isinstance(leeway, (int, float)) and 0 <= leeway < math.inf):
             raise ValueError(f"leeway must be a non-negative number of seconds, got {leeway!r}")
-        self.path = os.path.abspath(os.fspath(path))
         if audience is None:
-            self.audiences: Optional[tuple[str, ...]] = None
+            audiences: Optional[tuple[str, ...]] = None
         elif isinstance(audience, str):
-            self.audiences = (audience,)
+            audiences = (audience,)
         else:
-            self.audiences = tuple(audience)
-            if not self.audiences or not all(isinstance(a, str) for a in self.audiences):
+            audiences = tuple(audience)
+            if not audiences or not all(isinstance(a, str) for a in audiences):
                 raise ValueError("audience must be a string or a non-empty iterable of strings")
+        self.path = os.path.abspath(os.fspath(path))
+        self.audiences = audiences
         self.issuer = issuer
         self.refresh_interval = float(refresh_interval)
         self.leeway = float(leeway)
+        self._expect = Expectations(audiences, issuer, float(leeway))
         self._clock = clock
+        self._watch = bool(watch)
         self._subscribers: Subscribers[Token] = Subscribers(self.path)
-        self._warned: set[tuple[str, str]] = set()
-        self._stale_warned: Optional[str] = None
-        self._last_error: Optional[TokenError] = None
         self._closed = False
-        # The state, replaced as a whole (never mutated), so readers need no lock:
-        self._token: Optional[Token] = None
-        self._read_at = -math.inf  # clock time of the last successful read
-        self._due = -math.inf  # clock time of the next scheduled re-read
-        self._fast: tuple[str, float] = ("", -math.inf)  # (value, deadline) for token()
-        # token()'s fast path: the value while no deadline is near, else None. The timer thread
-        # clears it HOT_GUARD before the deadline, so token() needs no clock read at all.
-        self._hot: Optional[str] = None
-        self._hot_until = -math.inf  # time.monotonic() when the timer clears _hot
-        self._bg_due = math.inf  # time.monotonic() deadline for the timer's background re-read
+        # Bookkeeping for log lines and the timer, written only under the file's lock:
+        self._warned: set[str] = set()  # reasons already warned about since the last good read
+        self._stale_warned: Optional[int] = None  # hash of the token last warned stale
+        self._timer: object = None  # identifies the one live deadline entry in the hub's heap
 
-        with _FILES_LOCK:
-            tfile = _FILES.get(self.path)
-            if tfile is None:
-                tfile = _FILES[self.path] = _TokenFile(self.path)
-        self._file = tfile
-        # Arm the watch before the first read: a rotation after this point raises an event.
-        self.watching = False
-        if watch:
-            self.watching = HUB.watch(tfile, watch_targets(self.path))
-        with tfile.lock:
-            try:
-                first = read_token_file(self.path)
-                self._check_binding(first)
-            except TokenError:
-                self._detach()
-                raise
-            tfile.sources.add(self)
-            self._accept(first)
-        # A source dropped without close() releases its file later, from the timer thread: the
-        # finalizer runs inside the garbage collector, wherever it strikes (maybe under our locks).
-        self._finalizer = weakref.finalize(self, HUB.defer, _release, tfile)
+        # Register (and arm the watch) before the first read: a rotation after this point
+        # raises an event. One registry operation; undone below if the read fails.
+        tfile = HUB.acquire(self.path, lambda: _TokenFile(self.path), watch=self._watch)
+        try:
+            with tfile.lock:
+                first = read_token_file(self.path, hold_gil=tfile.hold_gil)
+                problem = binding_error(first, self._expect, self.path)
+                if problem is not None:
+                    raise problem
+                self._file = tfile
+                now = self._now()
+                self._snap = self._publish(first, now, tfile.generation, 1, 0)
+                tfile.sources.add(self)
+        except BaseException:
+            HUB.release(tfile, watch=self._watch)
+            raise
+        # A source dropped without close() releases its registration from the hub's thread.
+        self._finalizer = weakref.finalize(self, HUB.release_later, tfile, self._watch)
         self._finalizer.atexit = False
-        HUB.add_source(self)
-        problem = self._time_error(first, self._now())
+        problem = time_error(first, now, self.leeway, self.path)
         if problem is not None:
             log.warning("sa-token: %s", problem)
+        if volume_root(self.path) is None and _is_mount_point(self.path):
+            exp = first._exp_ts
+            log.warning(
+                "sa-token: token file %s is a subPath mount: the kubelet never updates it, so this "
+                "token will not rotate%s; mount the projected volume's directory instead",
+                _fmt.path(self.path),
+                f" and stops working at {_fmt.iso(exp)}" if math.isfinite(exp) else "",
+            )
 
     # ------------------------------------------------------------------ public API -------
     def token(self) -> str:
-        """The current token string. O(1) and free of I/O unless a deadline passed (expiry,
-        rotation point, refresh interval), in which case the file is re-read first.
+        """The current token string. O(1) and free of I/O unless a deadline passed (the
+        rotation point, the refresh interval), in which case the file is re-read first.
 
-        Raises :class:`TokenExpiredError` (or :class:`TokenNotYetValidError`) rather than
-        return a token known to be unusable.
+        Raises `TokenExpiredError` (or `TokenNotYetValidError`) rather than return a token
+        known to be unusable, and `RuntimeError` once the source is closed.
         """
-        value = self._hot
-        if value is not None:
-            return value
-        return self._checked_token()
-
-    def _checked_token(self) -> str:
-        # The hot path is off: near a deadline, after invalidate(), with an injected clock.
-        value, deadline = self._fast
-        if self._now() < deadline:
-            return value
-        return self._refresh_and_check().value
+        snap = self._snap
+        now = _time() if self._clock is None else self._clock()
+        if snap.serve_from <= now < snap.serve_until:
+            return snap.value
+        return self._checked(now).value
 
     __call__ = token  # a TokenSource is a Callable[[], str] token provider
 
+    def current(self) -> Token:
+        """The parsed current token, checked like `token`. After `close` it is the last token
+        read, still checked for expiry (the file is not read again)."""
+        snap = self._snap
+        now = self._now()
+        if snap.serve_from <= now < snap.serve_until:
+            return snap.token
+        if self._closed:
+            problem = time_error(snap.token, now, self.leeway, self.path)
+            if problem is not None:
+                raise problem
+            return snap.token
+        return self._checked(now)
+
     def token_nowait(self) -> Optional[str]:
-        """The token if it can be answered without I/O, else ``None`` (then call :meth:`token`
-        from a worker thread). For async code that must not block its event loop."""
-        value = self._hot
-        if value is not None:
-            return value
-        value, deadline = self._fast
-        if self._now() < deadline:
-            return value
+        """The token if it can be answered without I/O, else ``None`` (then call `token` from a
+        worker thread). For async code that must not block its event loop."""
+        snap = self._snap
+        now = self._now()
+        if snap.serve_from <= now < snap.serve_until:
+            return snap.value
         return None
 
     async def atoken(self) -> str:
-        """:meth:`token` for asyncio: any file read runs in a worker thread."""
-        value = self.token_nowait()
-        if value is not None:
-            return value
+        """`token` for asyncio: any file read runs in a worker thread."""
+        snap = self._snap
+        now = self._now()
+        if snap.serve_from <= now < snap.serve_until:
+            return snap.value
         import asyncio  # here, not at the top: most users never need it, and it is slow to import
 
         return await asyncio.get_running_loop().run_in_executor(None, self.token)
 
-    def current(self) -> Token:
-        """The parsed current token, checked like :meth:`token`. After :meth:`close` it is the
-        last token read (still checked for expiry; the file is not read again)."""
-        tok = self._token
-        if self._closed and tok is not None:
-            err = self._time_error(tok, self._now())
-            if err is not None:
-                raise err
-            return tok
-        _, deadline = self._fast
-        if tok is not None and self._now() < deadline:
-            return tok
-        return self._refresh_and_check()
-
     def reload(self) -> Token:
         """Re-read the file now. If that read fails, raise its error (the source keeps serving
-        the last good token); otherwise return the current token, checked like :meth:`token`."""
+        the last good token); otherwise return the current token, checked like `token`."""
         self._ensure_open()
         self._file.refresh()
-        err = self._last_error
+        err = self._snap.error
         if err is not None:
-            raise copy.copy(err)
+            raise _copy_error(err)
         return self.current()
 
     def invalidate(self, older_than: Union[float, datetime, None] = None) -> None:
         """Forget the token if it was read before ``older_than`` (a POSIX timestamp or an aware
-        datetime; ``None``: unconditionally), so the next :meth:`token` re-reads the file.
+        datetime; ``None``: unconditionally), so that the next `token` re-reads the file.
 
         This is client-go's ``ResetTokenOlderThan``: after a 401, invalidate tokens read before
-        the request started; concurrent 401s then cause a single re-read. Unlike client-go the
-        old token is kept as a fallback in case the re-read fails.
+        the request started; concurrent 401s then cause one re-read. Unlike client-go the old
+        token is kept as a fallback in case the re-read fails.
         """
         cutoff = math.inf if older_than is None else _timestamp(older_than)
         with self._file.lock:
-            if self._read_at < cutoff:
-                self._hot = None
-                self._fast = (self._fast[0], -math.inf)
+            snap = self._snap
+            if snap.read_at < cutoff and not self._closed:
+                self._snap = dataclasses.replace(snap, refresh_at=-math.inf, serve_until=-math.inf)
 
     @property
     def read_at(self) -> float:
         """When the current token was last read from the file (``clock`` time)."""
-        return self._read_at
+        return self._snap.read_at
+
+    @property
+    def watching(self) -> bool:
+        """Whether inotify watches the file (else only the timer re-reads it)."""
+        return not self._closed and self._watch and self._file.watching
+
+    def status(self) -> TokenStatus:
+        """The source's state now: no I/O, no token. See `TokenStatus`."""
+        snap = self._snap
+        now = self._now()
+        tok = snap.token
+        problem: Optional[str] = "closed" if self._closed else None
+        if problem is None:
+            err = time_error(tok, now, self.leeway, self.path)
+            problem = None if err is None else err.reason
+        return TokenStatus(
+            path=self.path,
+            audiences=self.audiences,
+            valid=problem is None,
+            reason=problem,
+            expires_at=tok.expires_at,
+            rotation_due_at=tok.rotation_due_at,
+            stale=stale_for(tok, now) is not None,
+            last_read_at=_utc(snap.read_at),
+            last_error=None if snap.error is None else str(snap.error),
+            watching="closed" if self._closed else ("inotify" if self.watching else "timer"),
+            reads=snap.reads,
+            failures=snap.failures,
+        )
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(token)`` after each rotation (a new, valid token was read). Returns a
-        function that unsubscribes. Callbacks run in the watcher or timer thread, or in the
-        thread whose call noticed the rotation: keep them short. Errors they raise are logged."""
+        function that unsubscribes. Callbacks run in a thread of this source's own, in order,
+        never on the watcher thread: a slow callback delays only this source's next callbacks.
+        What they raise is logged."""
         return self._subscribers.add(callback)
 
     def close(self) -> None:
         """Stop watching and re-reading. Idempotent. The last token stays readable through
-        :meth:`current` (while it is valid); :meth:`token` and :meth:`reload` raise
-        ``RuntimeError`` once the source is closed."""
-        if self._closed:
-            return
-        self._closed = True
-        self._hot = None
-        self._fast = ("", -math.inf)
-        HUB.remove_source(self)
+        `current` (while it is valid); `token` and `reload` raise `RuntimeError`."""
         with self._file.lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._snap = dataclasses.replace(self._snap, serve_until=-math.inf, refresh_at=math.inf)
             self._file.sources.discard(self)
         self._finalizer.detach()
-        self._detach()
+        HUB.release(self._file, watch=self._watch)
 
     @property
     def closed(self) -> bool:
@@ -376,8 +394,7 @@ class TokenSource:
         self.close()
 
     def __repr__(self) -> str:
-        tok = self._token
-        exp = tok.expires_at if tok is not None else None
+        exp = self._snap.token.expires_at
         mode = "closed" if self._closed else ("inotify" if self.watching else "timer")
         aud = list(self.audiences) if self.audiences else None
         return (
@@ -387,174 +404,168 @@ class TokenSource:
 
     # ------------------------------------------------------------------ internals --------
     def _now(self) -> float:
-        return _wall() if self._clock is None else self._clock()
+        clock = self._clock
+        return _time() if clock is None else clock()
 
     def _ensure_open(self) -> None:
         if self._closed:
-            raise RuntimeError(f"TokenSource for {self.path} is closed")
+            raise RuntimeError(f"TokenSource for {_fmt.path(self.path)} is closed")
 
-    def _detach(self) -> None:
-        _release(self._file)
-
-    def _refresh_and_check(self) -> Token:
+    def _checked(self, now: float) -> Token:
+        """The slow path: re-read if due (single flight), then serve or raise."""
         self._ensure_open()
-        _, deadline = self._fast
-        if self._now() >= deadline:
-            self._file.refresh(seen_generation=self._file.generation)
-        tok = self._token
-        assert tok is not None  # set by the constructor
-        err = self._time_error(tok, self._now())
-        if err is not None:
-            raise err
-        return tok
+        snap = self._snap
+        if now >= snap.refresh_at:
+            HUB.ensure_running()
+            self._file.refresh(seen=snap.generation)
+            snap = self._snap
+            now = self._now()
+        problem = time_error(snap.token, now, self.leeway, self.path)
+        if problem is not None:
+            err = snap.error
+            if err is not None and not isinstance(err, TokenValidationError):
+                problem.message += f"; the last re-read failed: {err}"  # a file error, not another expiry
+            raise problem
+        return snap.token
 
-    def _check_binding(self, tok: Token) -> None:
-        """Raise if the token is not for our audience or issuer (a configuration error)."""
-        if self.audiences is not None and not set(self.audiences) & set(tok.audiences):
-            want = self.audiences[0] if len(self.audiences) == 1 else list(self.audiences)
-            raise AudienceMismatchError(
-                f"token at {self.path} is for audience {list(tok.audiences)!r}, not {want!r}; "
-                "set serviceAccountToken.audience in the pod's projected volume, or pass the "
-                "audience this token is for",
-                path=self.path,
-            )
-        if self.issuer is not None and tok.issuer != self.issuer:
-            raise IssuerMismatchError(
-                f"token at {self.path} was issued by {tok.issuer!r}, not {self.issuer!r}; "
-                "check the cluster's --service-account-issuer or the issuer you expect",
-                path=self.path,
-            )
-
-    def _time_error(self, tok: Token, now: float) -> Optional[TokenError]:
-        exp = tok._exp_ts
-        if now >= exp:
-            # Mention a failed read (missing, garbage...), not another expiry: that would nest.
-            last = self._last_error if not isinstance(self._last_error, TokenValidationError) else None
-            return TokenExpiredError(
-                f"token at {self.path} expired at {_iso(exp)}, {_ago(now - exp)} ago; the kubelet "
-                "should have rotated it at 80% of its lifetime: check the kubelet and the volume "
-                "(a subPath mount never rotates)"
-                + (f"; the last re-read failed: {last}" if last is not None else ""),
-                path=self.path,
-                expires_at=tok.expires_at,
-            )
-        for claim in ("nbf", "iat"):
-            t = tok.claims.get(claim)
-            if t is not None and t - self.leeway > now:
-                return TokenNotYetValidError(
-                    f"token at {self.path} is not valid until {_iso(t)} ({claim} is {_ago(t - now)} "
-                    f"in the future, beyond the {self.leeway:.0f}s leeway); check this node's clock",
-                    path=self.path,
-                )
+    def _accept(self, result: Union[Token, TokenError], generation: int) -> Optional[Token]:
+        """Apply a read's result (under the file's lock). Returns the new token on a rotation."""
+        if self._closed:
+            return None
+        now = self._now()
+        snap = self._snap
+        if isinstance(result, Token):
+            problem = binding_error(result, self._expect, self.path)
+            if problem is None and result.value != snap.value:
+                # Keep a valid token over a new one that cannot be used now.
+                worse = time_error(result, now, self.leeway, self.path)
+                if worse is not None and time_error(snap.token, now, self.leeway, self.path) is None:
+                    problem = worse
+            if problem is None:
+                self._warned.clear()
+                self._snap = self._publish(result, now, generation, snap.reads + 1, snap.failures)
+                if result.value == snap.value:
+                    self._warn_if_stale(result, now)
+                    return None
+                return result
+            result = problem
+        self._warn_failure(result, snap.token, now)
+        retry = now + FAILED_READ_RETRY
+        # Retry soon after a failure; keep an earlier re-read that was already planned.
+        refresh_at = snap.refresh_at if now < snap.refresh_at < retry else retry
+        self._snap = dataclasses.replace(
+            snap,
+            refresh_at=refresh_at,
+            serve_until=min(refresh_at + REQUEST_GRACE, snap.token._exp_ts),
+            error=result,
+            generation=generation,
+            failures=snap.failures + 1,
+        )
+        self._schedule(refresh_at, now)
         return None
 
-    def _accept(self, result: Union[Token, TokenError]) -> Optional[Token]:
-        """Apply a read result (under the file lock). Returns the new token on a rotation."""
-        now = self._now()
-        current = self._token
-        if isinstance(result, Token):
-            try:
-                self._check_binding(result)
-            except TokenError as exc:
-                result = exc
-        if isinstance(result, TokenError):
-            self._fail(result, now)
-            return None
-        if current is not None and result.value != current.value:
-            problem = self._time_error(result, now)
-            if problem is not None and self._time_error(current, now) is None:
-                self._fail(problem, now)  # keep the valid token over a worse one
-                return None
-        self._last_error = None
-        self._warned.clear()
-        self._schedule(result, now)
-        if current is not None and result.value == current.value:
-            self._check_stale(result, now)
-            return None
-        return result if current is not None else None
-
-    def _fail(self, err: TokenError, now: float) -> None:
-        self._last_error = err
-        current = self._token
-        if current is None:
-            return
-        # One warning per cause: a file error is one cause per errno, whatever its hint says (a
-        # missing file reads as "dangling symlink" or not depending on the moment of the swap).
-        errno_ = getattr(err, "errno", None)
-        key = (type(err).__name__, f"errno {errno_}" if errno_ is not None else str(err))
-        if key not in self._warned:
-            self._warned.add(key)
-            left = current._exp_ts - now
-            keep = "keeping the current token" + (
-                f" (valid for another {_ago(left)})" if math.isfinite(left) and left > 0 else ""
-            )
-            log.warning("sa-token: re-read failed: %s; %s", err, keep)
-        retry = now + FAILED_READ_RETRY
-        if retry < self._due:
-            self._due = retry
-            self._publish(current, now)
-        return
-
-    def _schedule(self, tok: Token, now: float) -> None:
-        due = now + self.refresh_interval
-        rp = tok._rotation_ts
-        if rp is not None:
-            if now < rp:
-                due = min(due, rp)
-            elif now < rp + STALE_MARGIN:
-                due = min(due, rp + STALE_MARGIN)
-        self._token = tok
-        self._read_at = now
-        self._due = due
-        self._publish(tok, now)
-
-    def _publish(self, tok: Token, now: float) -> None:
-        deadline = min(self._due, tok._exp_ts)
-        start = max(tok.claims.get(c, -math.inf) for c in ("nbf", "iat")) - self.leeway
-        if now < start:  # not yet valid: no fast path, token() checks (and raises) every time
-            deadline = -math.inf
-        self._fast = (tok.value, deadline)
-        mono = time.monotonic()
-        left = deadline - now
-        self._bg_due = mono + max(0.0, left)
-        if self._clock is None and left > HOT_GUARD:
-            self._hot_until = mono + left - HOT_GUARD
-            self._hot = tok.value
-        else:
-            self._hot = None
-            self._hot_until = math.inf
-        HUB.wake_before(min(self._bg_due, self._hot_until))
-
-    def _expire_hot(self, mono: float) -> None:
-        """Timer thread: turn the fast path off once a deadline is near (or the wall clock
-        jumped past it)."""
-        if self._hot is not None and (mono >= self._hot_until or _wall() >= self._fast[1] - HOT_GUARD):
-            self._hot = None
-            self._hot_until = math.inf
-
-    def _reschedule_background(self) -> None:
-        """Called by the timer after it triggered a read: never leave a past deadline behind."""
-        if self._bg_due <= time.monotonic():
-            self._bg_due = time.monotonic() + min(self.refresh_interval, FAILED_READ_RETRY)
-
-    def _check_stale(self, tok: Token, now: float) -> None:
-        rp = tok._rotation_ts
-        if rp is None or now < rp + STALE_MARGIN or self._stale_warned == tok.claims.get("jti", id(tok)):
-            return
-        self._stale_warned = tok.claims.get("jti", id(tok))
+    def _publish(self, tok: Token, now: float, generation: int, reads: int, failures: int) -> _Snapshot:
         exp = tok._exp_ts
-        log.warning(
-            "sa-token: token at %s passed its rotation point (%s) %s ago and was not rotated: the "
-            "kubelet is not rotating it (see kubernetes issue 138689); it expires at %s",
-            self.path,
-            _iso(rp),
-            _ago(now - rp),
-            _iso(exp) if math.isfinite(exp) else "never",
+        refresh_at = now + self.refresh_interval
+        rp = tok._rotation_ts
+        if rp is not None:  # read again at the rotation point, and once more after the kubelet's margin
+            if now < rp:
+                refresh_at = min(refresh_at, rp)
+            elif now < rp + STALE_MARGIN:
+                refresh_at = min(refresh_at, rp + STALE_MARGIN)
+        # Read again at expiry (the kubelet may have caught up); an expired token, soon.
+        refresh_at = min(refresh_at, exp) if now < exp else now + FAILED_READ_RETRY
+        self._schedule(refresh_at, now)
+        return _Snapshot(
+            token=tok,
+            value=tok.value,
+            read_at=now,
+            refresh_at=refresh_at,
+            serve_from=valid_from(tok, self.leeway),
+            serve_until=min(refresh_at + REQUEST_GRACE, exp),
+            error=None,
+            generation=generation,
+            reads=reads,
+            failures=failures,
         )
 
-    def _notify(self, tok: Token) -> None:
-        self._subscribers.notify(tok)
+    def _schedule(self, refresh_at: float, now: float) -> None:
+        """Have the watcher thread re-read at ``refresh_at`` (one live entry per source)."""
+        timer = self._timer = object()
+        HUB.schedule(refresh_at - now, _Deadline(weakref.ref(self), timer))
 
-    def _after_fork(self) -> None:
-        self._subscribers.after_fork()
-        self._hot = None  # the first call in the child checks the clock
+    def _warn_failure(self, err: TokenError, current: Token, now: float) -> None:
+        # One warning per cause: the reason code, not the message (messages hold relative times).
+        if err.reason in self._warned:
+            return
+        self._warned.add(err.reason)
+        left = current._exp_ts - now
+        keep = "keeping the current token" + (
+            f" (valid for another {_fmt.duration(left)})" if math.isfinite(left) and left > 0 else ""
+        )
+        log.warning("sa-token: re-read failed: %s; %s", err, keep)
+
+    def _warn_if_stale(self, tok: Token, now: float) -> None:
+        late = stale_for(tok, now)
+        fingerprint = hash(tok.value)
+        if late is None or self._stale_warned == fingerprint:
+            return
+        self._stale_warned = fingerprint
+        exp = tok._exp_ts
+        log.warning(
+            "sa-token: token at %s passed its rotation point (%s) and was not rotated: the kubelet is "
+            "not rotating it (see kubernetes issue 138689); it expires at %s",
+            _fmt.path(self.path),
+            _fmt.iso(tok._rotation_ts),
+            _fmt.iso(exp) if math.isfinite(exp) else "never",
+        )
+
+
+class _Deadline:
+    """A heap entry: re-read the source's file, unless the source rescheduled or went away."""
+
+    __slots__ = ("source", "timer")
+
+    def __init__(self, source: weakref.ref[TokenSource], timer: object) -> None:
+        self.source = source
+        self.timer = timer
+
+    def __call__(self) -> None:
+        src = self.source()
+        if src is None or src._closed or src._timer is not self.timer:
+            return  # stale entry
+        src._file.refresh(seen=src._snap.generation)
+
+
+def _timestamp(value: Union[float, datetime]) -> float:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("older_than must be an aware datetime (or a POSIX timestamp)")
+        return value.timestamp()
+    return float(value)
+
+
+def _utc(ts: float) -> Optional[datetime]:
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _copy_error(err: TokenError) -> TokenError:
+    """A fresh instance of a stored error (raising the stored one would grow its traceback)."""
+    return copy.copy(err)  # through TokenError.__reduce__: no traceback, no context
+
+
+def _is_mount_point(path: str) -> bool:
+    """Whether ``path`` is itself a mount point (a file bind-mounted by a ``subPath``)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            # field 5 is the mount point; spaces, tabs, newlines and backslashes are octal escapes
+            points = {_OCTAL.sub(lambda m: chr(int(m[1], 8)), line.split(" ")[4]) for line in f}
+    except (OSError, IndexError):
+        return False
+    return path in points or os.path.realpath(path) in points
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")

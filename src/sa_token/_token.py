@@ -7,7 +7,11 @@ the shape of the claims, so a garbled file is refused with a clear error instead
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,8 +19,7 @@ from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any, Optional
 
-import jwt
-
+from . import _fmt
 from .errors import MalformedTokenError
 
 __all__ = ["Token", "parse_token"]
@@ -115,7 +118,7 @@ class Token:
         end = self._end
         if start is None or end is None:
             return None
-        return timedelta(seconds=end - start)
+        return _timedelta(end - start)
 
     def remaining(self, now: Optional[float] = None) -> Optional[timedelta]:
         """Time left until ``exp`` (negative once expired), ``None`` without ``exp``.
@@ -123,7 +126,7 @@ class Token:
         exp = self.claims.get("exp")
         if exp is None:
             return None
-        return timedelta(seconds=exp - (_now() if now is None else now))
+        return _timedelta(exp - (_now() if now is None else now))
 
     @property
     def rotation_due_at(self) -> Optional[datetime]:
@@ -175,11 +178,20 @@ _MAX_TIMESTAMP = 2**63
 
 
 def _is_number(v: object) -> bool:
-    if isinstance(v, bool):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         return False
-    if isinstance(v, int):
-        return -_MAX_TIMESTAMP < v < _MAX_TIMESTAMP
-    return isinstance(v, float) and math.isfinite(v)
+    return -_MAX_TIMESTAMP < v < _MAX_TIMESTAMP  # also False for nan and the infinities
+
+
+def _timedelta(seconds: float) -> timedelta:
+    """``timedelta(seconds=...)``, clamped to the range a timedelta can hold (about 2.7
+    million years): claims such as ``exp=1e14`` parse, but no arithmetic on them may raise."""
+    limit = timedelta.max.total_seconds()
+    if seconds >= limit:
+        return timedelta.max
+    if seconds <= -limit:
+        return -timedelta.max
+    return timedelta(seconds=seconds)
 
 
 def _dt(v: object) -> Optional[datetime]:
@@ -195,36 +207,36 @@ def _dt(v: object) -> Optional[datetime]:
 
 _NUMERIC = ("exp", "nbf", "iat")
 _STRINGS = ("iss", "sub", "jti")
+# A base64url segment of a compact JWS (RFC 7515 section 2: no padding, no other characters).
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def parse_token(value: str, *, path: Optional[str] = None) -> Token:
     """Decode ``value`` (a JWT, signature not verified) and check its claims' types.
 
-    Raises :class:`MalformedTokenError` naming ``path`` and the cause, never the token.
+    Decoded with the standard library alone, so that what a garbled file can raise is known
+    here, not in a decoder's version-dependent internals (pyjwt 2.6 - 2.14 let a deeply nested
+    JSON header escape as ``RecursionError``). Raises `MalformedTokenError` naming ``path`` and
+    the cause, never the token; its traceback starts here (no frame holding the token is kept).
     """
-    where = f"{path}: " if path else ""
-    if value.count(".") != 2:
+    try:
+        return _parse(value, path)
+    except MalformedTokenError as exc:
+        raise exc.with_traceback(None) from None
+
+
+def _parse(value: str, path: Optional[str]) -> Token:
+    where = f"{_fmt.path(path)}: " if path else ""
+    parts = value.split(".")
+    if len(parts) != 3:
         raise MalformedTokenError(
-            f"{where}not a JWT: expected three dot-separated parts, found {value.count('.') + 1}; "
+            f"{where}not a JWT: expected three dot-separated parts, found {len(parts)}; "
             "check that the path points at a ServiceAccount token file",
             path=path,
         )
-    try:
-        decoded = jwt.api_jwt.decode_complete(value, options={"verify_signature": False})
-    except jwt.exceptions.PyJWTError as exc:
-        cause = _safe(str(exc), value)
-        raise MalformedTokenError(
-            f"{where}not a valid JWT ({cause}); the file is corrupt or is not a ServiceAccount token",
-            path=path,
-        ) from None
-    except (ValueError, TypeError, UnicodeError):  # defensive: pyjwt's own decoding of odd bytes
-        raise MalformedTokenError(
-            f"{where}not a valid JWT (undecodable content); the file is corrupt or is not a token", path=path
-        ) from None
-    claims = decoded["payload"]
-    header = decoded["header"]
-    if not isinstance(claims, dict):
-        raise MalformedTokenError(f"{where}JWT payload is not a JSON object", path=path)
+    header = _segment_json(parts[0], "header", where, path)
+    claims = _segment_json(parts[1], "payload", where, path)
+    signature = _segment_bytes(parts[2], "signature", where, path)
     for name in _NUMERIC:
         if name in claims and not _is_number(claims[name]):
             v = claims[name]
@@ -234,7 +246,7 @@ def parse_token(value: str, *, path: Optional[str] = None) -> Token:
             raise MalformedTokenError(
                 f"{where}claim {name!r} must be a number of seconds, got {got}", path=path
             )
-    _check_signature_length(decoded.get("signature", b""), header, where, path)
+    _check_signature_length(signature, header, where, path)
     for name in _STRINGS:
         if name in claims and not isinstance(claims[name], str):
             raise MalformedTokenError(
@@ -257,6 +269,27 @@ def parse_token(value: str, *, path: Optional[str] = None) -> Token:
     return Token(value=value, claims=MappingProxyType(claims), header=MappingProxyType(header))
 
 
+def _segment_bytes(segment: str, what: str, where: str, path: Optional[str]) -> bytes:
+    if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
+        raise MalformedTokenError(f"{where}not a valid JWT: the {what} is not base64url", path=path)
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise MalformedTokenError(f"{where}not a valid JWT: the {what} is not base64url", path=path) from None
+
+
+def _segment_json(segment: str, what: str, where: str, path: Optional[str]) -> dict[str, Any]:
+    raw = _segment_bytes(segment, what, where, path)
+    try:
+        obj = json.loads(raw)
+    # RecursionError: deeply nested arrays; ValueError: bad JSON, bad UTF-8, huge integers.
+    except (ValueError, RecursionError):
+        obj = None
+    if not isinstance(obj, dict):
+        raise MalformedTokenError(f"{where}not a valid JWT: the {what} is not a JSON object", path=path)
+    return obj
+
+
 # Signature sizes by algorithm: RSA signatures are as long as the key's modulus (kube-apiserver
 # signs with RS256; 2048- to 4096-bit keys, 1024 for old clusters); ECDSA signatures are r||s.
 _RSA_SIG_BYTES = {128, 256, 384, 512}
@@ -276,11 +309,3 @@ def _check_signature_length(sig: object, header: object, where: str, path: Optio
             "the file is truncated or corrupt",
             path=path,
         )
-
-
-def _safe(message: str, secret: str) -> str:
-    """Drop an error message that quotes any part of the token."""
-    parts = [p for p in secret.split(".") if len(p) >= 4]
-    if any(p in message for p in parts) or secret in message:
-        return "undecodable content"
-    return message

@@ -32,11 +32,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Optional, TextIO
 
+from ._hub import DATA_DIR, volume_root
 from ._read import read_token_file
 from ._source import DEFAULT_LEEWAY, DEFAULT_TOKEN_PATH, STALE_MARGIN, TokenSource
 from ._token import Token
 from ._version import __version__
-from ._watch import DATA_DIR, volume_root
 from .errors import MalformedTokenError, TokenError, TokenFileError, TokenValidationError
 
 __all__ = ["main"]

@@ -1,0 +1,560 @@
+"""The process-wide watcher: one inotify instance, one thread, one heap of deadlines.
+
+However many `TokenSource` and `CABundle` objects exist, the process uses one inotify instance
+(inotify instances are scarce: 128 per user on most nodes, shared by every container running as
+that user), one watch per *directory*, and one thread. The thread sleeps in ``poll()`` on the
+inotify descriptor and a wake-up pipe, with the time to the earliest deadline as its timeout;
+when nothing is due it makes no wake-ups at all.
+
+Nothing here is needed for correctness: `TokenSource.token()` reads the clock itself and
+re-reads the file when its snapshot's time is up. The thread only makes pickups early: a
+stalled or dead thread delays a rotation's pickup, it never lets an expired token out. Callbacks
+never run on it (`sa_token._subscribers`).
+
+Registration is one operation under one lock (`Hub.acquire`/`Hub.release`, reference counted per
+file), so constructing, closing and garbage-collecting sources of one path concurrently neither
+loses a watch nor leaks one. Finalizers (which run inside the garbage collector, wherever it
+strikes, maybe under our locks) only queue their release and poke the thread.
+
+One at-fork handler serves the whole process: the child closes its copies of the parent's
+descriptors (without using them: they are shared with the parent), gives every lock-holding
+object a fresh lock, starts its own thread and re-reads every file once.
+
+The kubelet never modifies a projected file: it publishes a new generation by renaming
+``..data_tmp`` over ``..data`` (kubelet ``atomic_writer.go``). So the volume's root directory is
+watched for ``IN_MOVED_TO``/``IN_CREATE`` of ``..data``; plain files are watched through their
+directory, for their own name being created, replaced, closed after writing or deleted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import heapq
+import itertools
+import logging
+import math
+import os
+import select
+import struct
+import threading
+import time
+import weakref
+from typing import Callable, Optional, TypeVar
+
+from . import _fmt
+
+__all__ = ["DATA_DIR", "HUB", "Hub", "HubFile", "at_fork_in_child", "volume_root", "watch_targets"]
+
+log = logging.getLogger("sa_token")
+
+DATA_DIR = "..data"
+# Retry arming a directory watch that failed (the directory is missing, the watch limit is
+# reached) after this long, doubling up to the cap: a volume usually comes back within seconds,
+# and a process must not spin on a limit that only an administrator can raise.
+REARM_FIRST = 1.0
+REARM_MAX = 60.0
+# After an unexpected error in the watcher thread, pause this long before going on: an error that
+# repeats must not spin a core.
+_ERROR_PAUSE = 0.1
+# One read of the inotify descriptor: room for ~2000 events, more than a burst of rotations makes.
+_READ_SIZE = 64 * 1024
+
+# inotify(7) masks (stable kernel ABI).
+IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x8, 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
+IN_ONLYDIR, IN_NONBLOCK, IN_CLOEXEC = 0x01000000, os.O_NONBLOCK, getattr(os, "O_CLOEXEC", 0o2000000)
+# Events on a directory's entries that can mean "new content".
+ENTRY_EVENTS = IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM
+_MASK = ENTRY_EVENTS | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+_LOST = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
+
+try:  # the three inotify calls (CDLL: may release the GIL), and read() keeping it (PyDLL)
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+    _inotify_init1 = _LIBC.inotify_init1
+    _inotify_add_watch = _LIBC.inotify_add_watch
+    _inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+    _inotify_rm_watch = _LIBC.inotify_rm_watch
+    _read_keeping_gil = ctypes.PyDLL(None, use_errno=True).read
+    _read_keeping_gil.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    _read_keeping_gil.restype = ctypes.c_ssize_t
+    _NO_INOTIFY: Optional[str] = None
+except (OSError, AttributeError) as _exc:  # pragma: no cover - not Linux
+    _NO_INOTIFY = f"inotify is not available on this platform ({_exc})"
+
+# The hub's own monotonic clock. Not `time.monotonic`, which freezegun replaces: a test that
+# freezes time must not freeze the thread's sleeps (deadlines are converted at scheduling).
+_mono: Callable[[], float] = (
+    functools.partial(time.clock_gettime, time.CLOCK_MONOTONIC)
+    if hasattr(time, "clock_gettime")
+    else time.perf_counter
+)
+
+F = TypeVar("F", bound="HubFile")
+
+
+def volume_root(path: str) -> Optional[str]:
+    """The projected volume's root: the nearest ancestor directory of ``path`` that holds
+    ``..data``; ``None`` for a file outside any projected volume (a ``subPath`` mount, a copy)."""
+    d = os.path.dirname(os.path.abspath(path))
+    while True:
+        if os.path.lexists(os.path.join(d, DATA_DIR)):
+            return d
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
+def watch_targets(path: str) -> dict[str, set[str]]:
+    """The directories to watch for ``path``, each with the entry names that signal new content.
+
+    In a projected volume: its root, for ``..data`` and the path's first element below the root.
+    A plain file: its directory, for its name. A symlink to a file elsewhere (a sidecar rewriting
+    a file that the path links to): the target's volume root for ``..data``, or the target's
+    directory for its name, as well.
+    """
+    targets: dict[str, set[str]] = {}
+
+    def add(p: str) -> None:
+        root = volume_root(p)
+        if root is not None:
+            targets.setdefault(root, set()).update({DATA_DIR, os.path.relpath(p, root).split(os.sep)[0]})
+        else:
+            targets.setdefault(os.path.dirname(p), set()).add(os.path.basename(p))
+
+    add(path)
+    real = os.path.realpath(path)
+    if real != path:
+        add(real)
+    return targets
+
+
+class HubFile:
+    """What the hub watches: one file, shared by everyone using that path.
+
+    Subclasses implement `refresh` (re-read now; must never raise). ``refs`` and
+    ``watch_refs`` (how many users, and how many of them want inotify) belong to the hub and
+    change only under its lock."""
+
+    def __init__(self, key: str, path: str) -> None:
+        self.key = key
+        self.path = path
+        self.lock = threading.Lock()
+        self.refs = 0
+        self.watch_refs = 0
+        self.dirs: list[_DirWatch] = []
+
+    def refresh(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def watching(self) -> bool:
+        """Whether inotify watches every directory this file needs (else the timer covers it)."""
+        dirs = self.dirs
+        return bool(dirs) and all(d.wd is not None for d in dirs)
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+
+
+class _DirWatch:
+    """One directory: its inotify watch (``wd``) and the files interested in its entries."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.wd: Optional[int] = None
+        self.names: dict[str, set[HubFile]] = {}
+        self.rearm_delay = REARM_FIRST
+
+    def files(self) -> set[HubFile]:
+        return {f for fs in self.names.values() for f in fs}
+
+
+class Hub:
+    """The registry of watched files and directories, the deadline heap, and the one thread."""
+
+    def __init__(self) -> None:
+        self._fork_hooks: list[Callable[[], None]] = []
+        self._init()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(
+                before=self._before_fork,
+                after_in_parent=self._after_fork_in_parent,
+                after_in_child=self._after_fork_in_child,
+            )
+
+    def _init(self) -> None:
+        self.lock = threading.Lock()
+        self.files: dict[str, HubFile] = {}
+        self.tracked: weakref.WeakSet[HubFile] = weakref.WeakSet()  # every lock holder, for fork
+        self.dirs: dict[str, _DirWatch] = {}
+        self.wds: dict[int, list[_DirWatch]] = {}  # two paths to one directory share its wd
+        self.heap: list[tuple[float, int, Callable[[], None]]] = []
+        self.seq = itertools.count()
+        self.deferred: list[tuple[HubFile, bool]] = []  # releases queued by finalizers
+        self.inotify_fd: Optional[int] = None
+        self.unavailable = _NO_INOTIFY  # why inotify cannot be used, once known
+        self.warned: set[str] = set()
+        self.wake_r, self.wake_w = _pipe()
+        self.thread: Optional[threading.Thread] = None
+        self.threads_started = 0
+        self.sleeping_until = -math.inf  # -inf while the thread is awake (it rescans before sleeping)
+
+    # ------------------------------------------------------------------ registration -------
+    def acquire(self, key: str, factory: Callable[[], F], *, watch: bool) -> F:
+        """The file registered under ``key`` (created by ``factory`` if new), with one more user.
+        Every `acquire` is paired with one `release` (or `release_later` from a finalizer)."""
+        with self.lock:
+            self._release_deferred()
+            f = self.files.get(key)
+            if f is None:
+                f = self.files[key] = factory()
+                self.tracked.add(f)
+            f.refs += 1
+            if watch:
+                f.watch_refs += 1
+                if f.watch_refs == 1:
+                    self._watch(f)
+            self._ensure_thread()
+        return f  # type: ignore[return-value]
+
+    def release(self, f: HubFile, *, watch: bool) -> None:
+        with self.lock:
+            self._release(f, watch)
+
+    def release_later(self, f: HubFile, watch: bool) -> None:
+        """For finalizers: lock-free; the thread (or the next registration) releases."""
+        self.deferred.append((f, watch))
+        self._poke()
+
+    def track(self, obj: HubFile) -> None:
+        """Give ``obj`` a fresh lock after a fork (``after_fork_in_child``), registered or not."""
+        with self.lock:
+            self.tracked.add(obj)
+
+    def _release(self, f: HubFile, watch: bool) -> None:
+        f.refs -= 1
+        if watch:
+            f.watch_refs -= 1
+            if f.watch_refs == 0:
+                self._unwatch(f)
+        if f.refs == 0 and self.files.get(f.key) is f:
+            del self.files[f.key]
+
+    def _release_deferred(self) -> None:
+        while self.deferred:
+            f, watch = self.deferred.pop()
+            self._release(f, watch)
+
+    # ------------------------------------------------------------------ deadlines ----------
+    def schedule(self, delay: float, fire: Callable[[], None]) -> None:
+        """Call ``fire()`` from the thread in ``delay`` seconds (never under a lock; it must not
+        raise). Stale entries are the caller's to recognise and skip."""
+        with self.lock:
+            self._schedule(delay, fire)
+
+    def _schedule(self, delay: float, fire: Callable[[], None]) -> None:
+        due = _mono() + max(0.0, delay) if math.isfinite(delay) else math.inf
+        if due == math.inf:
+            return
+        heapq.heappush(self.heap, (due, next(self.seq), fire))
+        if due < self.sleeping_until:
+            self._poke()
+
+    def ensure_running(self) -> None:
+        """Restart the thread if it died (cheap when it is alive)."""
+        t = self.thread
+        if t is None or not t.is_alive():
+            with self.lock:
+                self._ensure_thread()
+
+    # ------------------------------------------------------------------ inotify -------------
+    def _watch(self, f: HubFile) -> None:
+        if not self._ensure_inotify():
+            return
+        for directory, names in watch_targets(f.path).items():
+            dw = self.dirs.get(directory)
+            if dw is None:
+                dw = self.dirs[directory] = _DirWatch(directory)
+            for name in names:
+                dw.names.setdefault(name, set()).add(f)
+            f.dirs.append(dw)
+            if dw.wd is None:
+                self._arm(dw)
+
+    def _unwatch(self, f: HubFile) -> None:
+        for dw in f.dirs:
+            for name, fs in list(dw.names.items()):
+                fs.discard(f)
+                if not fs:
+                    del dw.names[name]
+            if not dw.names and self.dirs.get(dw.directory) is dw:
+                del self.dirs[dw.directory]
+                self._disarm(dw)
+        f.dirs = []
+
+    def _ensure_inotify(self) -> bool:
+        if self.inotify_fd is not None:
+            return True
+        if self.unavailable is not None:
+            return False
+        fd = _inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            self.unavailable = _describe_inotify_error(ctypes.get_errno())
+            log.warning(
+                "sa-token: %s; tokens are re-read by the fallback timer instead (every "
+                "refresh_interval and at each token's rotation point)",
+                self.unavailable,
+            )
+            return False
+        self.inotify_fd = fd
+        self._poke()  # the thread polls the new descriptor from now on
+        return True
+
+    def _arm(self, dw: _DirWatch) -> bool:
+        if self.inotify_fd is None:
+            return False
+        wd = _inotify_add_watch(self.inotify_fd, os.fsencode(dw.directory), _MASK)
+        if wd < 0:
+            code = ctypes.get_errno()
+            if code in (errno.ENOSPC, errno.ENOMEM) and "limit" not in self.warned:
+                self.warned.add("limit")  # once per process: the limit is the node's, not ours
+                log.warning(
+                    "sa-token: cannot watch %s: %s; its tokens are re-read by the fallback timer "
+                    "until a watch can be armed (retried every minute at most)",
+                    _fmt.path(dw.directory),
+                    _describe_inotify_error(code),
+                )
+            self._schedule(dw.rearm_delay, functools.partial(self._rearm, dw))
+            dw.rearm_delay = min(dw.rearm_delay * 2, REARM_MAX)
+            return False
+        dw.wd = wd
+        dw.rearm_delay = REARM_FIRST
+        self.wds.setdefault(wd, []).append(dw)
+        return True
+
+    def _disarm(self, dw: _DirWatch) -> None:
+        wd, dw.wd = dw.wd, None
+        if wd is None:
+            return
+        sharing = self.wds.get(wd, [])
+        if dw in sharing:
+            sharing.remove(dw)
+        if not sharing:
+            self.wds.pop(wd, None)
+            if self.inotify_fd is not None:
+                _inotify_rm_watch(self.inotify_fd, wd)  # EINVAL when already gone: fine
+
+    def _rearm(self, dw: _DirWatch) -> None:
+        """Deadline: arm a watch that failed or was lost; if it works, re-read its files (they
+        may have changed while nobody watched)."""
+        with self.lock:
+            if self.dirs.get(dw.directory) is not dw or dw.wd is not None or not self._arm(dw):
+                return
+            files = dw.files()
+        for f in files:
+            _refresh(f)
+
+    def watched_directories(self) -> dict[str, bool]:
+        """Directories watched, and whether each watch is armed (for diagnostics and tests)."""
+        with self.lock:
+            return {d: dw.wd is not None for d, dw in self.dirs.items()}
+
+    def stats(self) -> dict[str, int]:
+        """Counters for benchmarks and tests."""
+        with self.lock:
+            return {
+                "threads_started": self.threads_started,
+                "inotify_instances": 0 if self.inotify_fd is None else 1,
+                "watched_directories": len(self.dirs),
+                "files": len(self.files),
+                "deadlines": len(self.heap),
+            }
+
+    # ------------------------------------------------------------------ the thread ---------
+    def _ensure_thread(self) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            return
+        self.thread = threading.Thread(target=self._run, name="sa-token-watcher", daemon=True)
+        self.thread.start()
+        self.threads_started += 1
+
+    def _poke(self) -> None:
+        try:
+            os.write(self.wake_w, b"!")
+        except OSError:  # the pipe is full: the thread wakes anyway
+            pass
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        poller = select.poll()
+        polled: set[int] = set()
+        while self.thread is me:
+            try:
+                polled = self._step(me, poller, polled)
+            except BaseException as exc:  # never die: a dead thread would only delay pickups
+                self.report(exc)
+                time.sleep(_ERROR_PAUSE)
+
+    def report(self, exc: BaseException) -> None:
+        """Log what the thread caught, once per kind of exception."""
+        kind = type(exc).__name__
+        if kind not in self.warned:
+            self.warned.add(kind)
+            log.warning("sa-token: the watcher thread caught %s: %s", kind, _fmt.text(exc))
+
+    def _step(self, me: threading.Thread, poller: select.poll, polled: set[int]) -> set[int]:
+        """One turn: run what is due, or sleep until the next deadline or event and handle it."""
+        with self.lock:
+            if self.thread is not me:
+                return polled
+            self._release_deferred()
+            now = _mono()
+            due: list[Callable[[], None]] = []
+            while self.heap and self.heap[0][0] <= now:
+                due.append(heapq.heappop(self.heap)[2])
+            fds = {self.wake_r} if self.inotify_fd is None else {self.wake_r, self.inotify_fd}
+            timeout = self.heap[0][0] - now if self.heap else math.inf
+            self.sleeping_until = -math.inf if due else now + timeout
+        if due:
+            for fire in due:
+                _call(fire)
+            return polled
+        for fd in fds - polled:
+            poller.register(fd, select.POLLIN)
+        for fd in polled - fds:
+            poller.unregister(fd)
+        ready = poller.poll(None if timeout == math.inf else math.ceil(timeout * 1000))
+        with self.lock:
+            self.sleeping_until = -math.inf
+        for fd, _ in ready:
+            if fd == self.inotify_fd:
+                self._on_inotify(fd)
+            elif fd == self.wake_r:
+                _drain(fd)
+        return fds
+
+    def _on_inotify(self, fd: int) -> None:
+        buf = ctypes.create_string_buffer(_READ_SIZE)
+        n = _read_keeping_gil(fd, buf, _READ_SIZE)
+        if n <= 0:
+            return
+        data = buf.raw[:n]
+        changed: dict[HubFile, None] = {}  # ordered, no duplicates
+        with self.lock:
+            for wd, mask, name in _events(data):
+                if mask & IN_Q_OVERFLOW:  # the kernel dropped events: re-read every watched file
+                    changed.update(dict.fromkeys(f for dw in self.dirs.values() for f in dw.files()))
+                    continue
+                for dw in list(self.wds.get(wd, ())):
+                    if mask & _LOST:  # the directory itself went away: re-read, re-arm later
+                        self.wds.pop(wd, None)
+                        dw.wd = None
+                        changed.update(dict.fromkeys(dw.files()))
+                        if self.dirs.get(dw.directory) is dw:
+                            self._schedule(dw.rearm_delay, functools.partial(self._rearm, dw))
+                    elif mask & ENTRY_EVENTS:
+                        changed.update(dict.fromkeys(dw.names.get(name, ())))
+        for f in changed:
+            _refresh(f)
+
+    # ------------------------------------------------------------------ fork ----------------
+    def at_fork_in_child(self, hook: Callable[[], None]) -> None:
+        """Run ``hook()`` in every forked child (for module-level locks and state)."""
+        self._fork_hooks.append(hook)
+
+    def _before_fork(self) -> None:
+        self.lock.acquire()
+
+    def _after_fork_in_parent(self) -> None:
+        self.lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        files, dirs, tracked, heap = self.files, self.dirs, list(self.tracked), self.heap
+        for fd in (self.inotify_fd, self.wake_r, self.wake_w):  # ours are copies: close, never use
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._init()
+        self.files, self.dirs, self.heap = files, dirs, heap
+        for obj in tracked:
+            self.tracked.add(obj)
+            _call(obj.after_fork_in_child)
+        for hook in self._fork_hooks:
+            _call(hook)
+        if not files:
+            return
+        with self.lock:
+            for dw in dirs.values():
+                dw.wd = None
+            if any(f.watch_refs for f in files.values()) and self._ensure_inotify():
+                for dw in dirs.values():
+                    self._arm(dw)
+            # Rotations may have happened while nobody watched: re-read everything once.
+            self._schedule(0.0, functools.partial(_refresh_all, list(files.values())))
+            self._ensure_thread()
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    for fd in (r, w):
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
+    return r, w
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:  # EAGAIN: empty
+        pass
+
+
+def _events(data: bytes) -> list[tuple[int, int, str]]:
+    """``struct inotify_event`` records: (wd, mask, name)."""
+    out = []
+    i = 0
+    while i + 16 <= len(data):
+        wd, mask, _cookie, length = struct.unpack_from("iIII", data, i)
+        out.append((wd, mask, os.fsdecode(data[i + 16 : i + 16 + length].rstrip(b"\0"))))
+        i += 16 + length
+    return out
+
+
+def _call(fn: Callable[[], None]) -> None:
+    """Run one piece of the thread's work; whatever it raises (a bug: refreshes never raise) is
+    logged, once per kind, and contained: the other files of the same batch still get theirs."""
+    try:
+        fn()
+    except BaseException as exc:  # SystemExit too: nothing may end the watcher thread
+        HUB.report(exc)
+
+
+def _refresh(f: HubFile) -> None:
+    _call(f.refresh)
+
+
+def _refresh_all(files: list[HubFile]) -> None:
+    for f in files:
+        _refresh(f)
+
+
+def _describe_inotify_error(code: int) -> str:
+    if code == errno.EMFILE:
+        return (
+            "inotify unavailable: too many open files, either the inotify instance limit "
+            "(fs.inotify.max_user_instances, 128 per user by default and shared by every container "
+            "of that user) or this process's open-file limit (ulimit -n, RLIMIT_NOFILE)"
+        )
+    if code == errno.ENOSPC:
+        return "inotify watch limit reached (fs.inotify.max_user_watches)"
+    return f"inotify unavailable ({os.strerror(code) if code else 'unknown error'})"
+
+
+HUB = Hub()
+at_fork_in_child = HUB.at_fork_in_child
