@@ -5,7 +5,8 @@
 
 Client threads call ``TokenSource.token()`` and make authenticated requests
 (``sa_token.requests.TokenAuth``) to a local ``FakeAPIServer`` that verifies every token (RS256
-signature, ``exp``, ``aud``) while a simulated kubelet rotates the token every few milliseconds.
+signature, ``exp``, ``aud``) while a kubelet in another process (``sa_token.testing.KubeletProcess``,
+as on a node) mints and publishes a new token every few milliseconds.
 Every distinct token served is verified once more on the client side (a torn, empty or expired
 token would fail).
 
@@ -59,7 +60,7 @@ def run(minutes: float, threads: int, rotate_every: float, tls: bool) -> dict[st
 
     from sa_token import TokenSource
     from sa_token.requests import TokenAuth
-    from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
+    from sa_token.testing import Kubelet, KubeletProcess, ProjectedVolume, TokenIssuer
     from sa_token.testing.apiserver import FakeAPIServer
 
     tmp = Path(tempfile.mkdtemp(prefix="sa-token-soak-"))
@@ -131,7 +132,8 @@ def run(minutes: float, threads: int, rotate_every: float, tls: bool) -> dict[st
             statuses.update(local)
             calls["token"] += n % 200
 
-    kubelet.start(every=rotate_every)
+    kubelet_proc = KubeletProcess(volume, issuer, audiences=[AUDIENCE], expiration_seconds=EXPIRATION_SECONDS)
+    kubelet_proc.start(every=rotate_every)
     workers = [threading.Thread(target=worker, name=f"soak-{i}", daemon=True) for i in range(threads)]
     for w in workers:
         w.start()
@@ -153,14 +155,15 @@ def run(minutes: float, threads: int, rotate_every: float, tls: bool) -> dict[st
                 bad = len(failures)
             print(
                 f"[{(time.monotonic() - start) / 60:5.1f} min] requests {done}, rotations "
-                f"{kubelet.rotations}, failures {bad}, RSS {rss / 1024:.1f} MiB",
+                f"{kubelet_proc.rotations}, failures {bad}, RSS {rss / 1024:.1f} MiB",
                 flush=True,
             )
     stop.set()
     for w in workers:
         w.join(60)
-    kubelet.stop()
-    final = kubelet.current
+    written = kubelet.rotations + kubelet_proc.stop()
+    kubelet_proc.close()
+    final = Path(volume.token_path).read_text()
     deadline = time.monotonic() + 5
     while src.token() != final and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -179,7 +182,7 @@ def run(minutes: float, threads: int, rotate_every: float, tls: bool) -> dict[st
         "requests": sum(statuses.values()),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "token_calls": calls["token"],
-        "rotations_written": kubelet.rotations,
+        "rotations_written": written,
         "rotations_seen_by_subscriber": seen["rotations"],
         "tokens_verified": counts["verified"],
         "invalid_tokens_served": counts["invalid"],

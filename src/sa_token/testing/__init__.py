@@ -6,6 +6,8 @@
   ``AtomicWriter`` does (timestamped directory, ``..data_tmp`` renamed over ``..data``,
   top-level symlinks, file modes), with a one-call :meth:`ProjectedVolume.rotate`.
 * :class:`Kubelet` combines both: it rotates a volume's token on demand or on a schedule.
+* `KubeletProcess` does the same from another process, as on a node, and reports when each
+  ``..data`` swap happened (for tests and benchmarks of a busy process).
 * The pytest plugin (installed with the package) provides the fixtures ``token_issuer``,
   ``projected_volume`` and ``kubelet``.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from ._issuer import TokenIssuer
 from ._kubelet import Kubelet
+from ._kubelet_process import KubeletProcess, Publication
 from ._volume import ProjectedVolume
 
-__all__ = ["Kubelet", "ProjectedVolume", "TokenIssuer"]
+__all__ = ["Kubelet", "KubeletProcess", "ProjectedVolume", "Publication", "TokenIssuer"]
