@@ -16,29 +16,15 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from typing import Any
 
-from _common import (
-    AUDIENCE,
-    Fixture,
-    fmt_s,
-    library_threads,
-    sizes,
-    standalone,
-    summary,
-    target,
-    threads_schedstat,
-)
+from _common import AUDIENCE, Fixture, fmt_s, sizes, standalone, target
+from bench_rotation import PICKUP_TIMEOUT, measure
 
 SIZES = {"full": {"n": 100}, "quick": {"n": 20}, "smoke": {"n": 3}}
 BUSY_THREADS = 4  # an application's worker threads, each running pure Python
 POLL_EVERY = 1e-3  # the reader calls token() every millisecond
 P99_MAX = 50e-3  # target: pickup p99 under 50 ms
-# Bounded wait for one rotation to be seen: far above any pickup the busy threads cause.
-PICKUP_TIMEOUT = 10.0
-# Pause between rotations: the previous pickup's work is done before the next swap.
-ROTATION_GAP = 0.01
 
 
 def _busy(stop: threading.Event) -> None:
@@ -62,71 +48,24 @@ def run(*, quick: bool) -> dict[str, Any]:
 
 def _measure(kubelet: Any, src: Any, tokens: list[str], n: int) -> dict[str, Any]:
     stop = threading.Event()
-    seen: dict[str, float] = {}
-    got = threading.Event()
-
-    def reader() -> None:
-        last = src.token()
-        while not stop.is_set():
-            v = src.token()
-            if v != last:
-                seen.setdefault(v, time.perf_counter())
-                last = v
-                got.set()
-            time.sleep(POLL_EVERY)
-
-    threads = [
+    busy = [
         threading.Thread(target=_busy, args=(stop,), name=f"bench-busy-{i}", daemon=True)
         for i in range(BUSY_THREADS)
     ]
-    threads.append(threading.Thread(target=reader, name="bench-busy-reader", daemon=True))
-    for t in threads:
+    for t in busy:
         t.start()
-    lib = library_threads()
-    pickups: list[float] = []
-    lib_cpu: list[float] = []
-    lib_wait: list[float] = []
-    missed = 0
-    current = src.token()
     try:
-        for i in range(n):
-            tok = tokens[i % len(tokens)]
-            if tok == current:
-                tok = tokens[(i + 1) % len(tokens)]
-            got.clear()
-            before = threads_schedstat(lib)
-            pub = kubelet.publish(tok)
-            deadline = time.monotonic() + PICKUP_TIMEOUT
-            while tok not in seen and time.monotonic() < deadline:
-                got.wait(0.05)
-                got.clear()
-            if tok in seen:
-                pickups.append(seen.pop(tok) - pub.before)
-                after = threads_schedstat(lib)
-                if before is not None and after is not None:
-                    lib_cpu.append(after[0] - before[0])
-                    lib_wait.append(after[1] - before[1])
-            else:
-                missed += 1
-            seen.clear()
-            current = tok
-            time.sleep(ROTATION_GAP)
+        out = measure(kubelet, src, tokens, n, "poll", pause=POLL_EVERY)
     finally:
         stop.set()
-        for t in threads:
+        for t in busy:
             t.join()
-    out: dict[str, Any] = {
+    return {
         "busy_threads": BUSY_THREADS,
         "poll_every_s": POLL_EVERY,
         "switchinterval_s": sys.getswitchinterval(),
-        "missed": missed,
-        "pickup_s": summary(pickups),
-        "library_threads": sorted(t.name for t in lib),
+        **out,
     }
-    if lib_cpu and len(lib_cpu) == len(pickups):
-        out["library_cpu_s"] = summary(lib_cpu)
-        out["library_runqueue_wait_s"] = summary(lib_wait)
-    return out
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:

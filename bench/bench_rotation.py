@@ -81,10 +81,10 @@ DOCUMENTED = [
 
 
 class Reader:
-    """How the new token is noticed: a subscriber callback, or a thread calling ``token()``
-    (every ``pause`` seconds, or without pause when ``pause`` is None)."""
+    """How the new token is noticed: a subscriber callback (``"callback"``), or a thread
+    calling ``token()``: every ``pause`` seconds (``"poll"``) or without pause (``"spin"``)."""
 
-    def __init__(self, src: Any, mode: str) -> None:
+    def __init__(self, src: Any, mode: str, pause: float = POLL_SLEEP) -> None:
         self.src = src
         self.seen: dict[str, float] = {}
         self.got = threading.Event()
@@ -94,9 +94,11 @@ class Reader:
         if mode == "callback":
             self._unsubscribe = src.subscribe(self._on_rotate)
         else:
-            pause = POLL_SLEEP if mode == "poll" else None
             self.thread = threading.Thread(
-                target=self._loop, args=(pause,), name=f"bench-reader-{mode}", daemon=True
+                target=self._loop,
+                args=(pause if mode == "poll" else None,),
+                name=f"bench-reader-{mode}",
+                daemon=True,
             )
             self.thread.start()
 
@@ -126,12 +128,19 @@ class Reader:
 
 
 def measure(
-    kubelet: Any, src: Any, tokens: list[str], n: int, mode: str, *, random_phase: float = 0.0
+    kubelet: Any,
+    src: Any,
+    tokens: list[str],
+    n: int,
+    mode: str,
+    *,
+    pause: float = POLL_SLEEP,
+    random_phase: float = 0.0,
 ) -> dict[str, Any]:
     """Publish ``n`` tokens; for each, seconds from the rename to the first sighting, and what
     the library's threads and the reader did meanwhile (``/proc/self/task/<tid>/schedstat``:
     CPU time, and time runnable but waiting for a CPU)."""
-    reader = Reader(src, mode)
+    reader = Reader(src, mode, pause)
     lib = library_threads()
     reader_tid = reader.thread.native_id if reader.thread is not None else None
     pickups: list[float] = []
