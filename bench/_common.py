@@ -216,18 +216,6 @@ def threads_schedstat(threads: list[threading.Thread]) -> Optional[tuple[float, 
     return cpu, wait
 
 
-def inotify_instances() -> int:
-    """``anon_inode:inotify`` descriptors open in this process."""
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify":
-                n += 1
-        except OSError:
-            pass
-    return n
-
-
 # ---------------------------------------------------------------------------------- fixture --
 class Fixture:
     """An issuer, a pool of tokens and a temporary directory for projected volumes."""

@@ -30,10 +30,10 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from _common import AUDIENCE, context_switches, inotify_instances
+from _common import AUDIENCE, context_switches
 
 from sa_token import TokenSource
-from sa_token.testing import ProjectedVolume, TokenIssuer
+from sa_token.testing import ProjectedVolume, TokenIssuer, inotify_instances
 
 # Bounded wait for the fan-out after a rotation; the expected time is about a millisecond.
 FANOUT_TIMEOUT = 10.0

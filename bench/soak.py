@@ -22,7 +22,6 @@ import argparse
 import collections
 import gc
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -30,6 +29,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from sa_token.testing import open_fds
 
 AUDIENCE = "soak"
 # Token lifetime: the kubelet's minimum (10 min), so nothing expires during a short run unless a
@@ -50,10 +51,6 @@ def _rss_kib() -> int:
     return 0
 
 
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def run(minutes: float, threads: int, rotate_every: float, tls: bool) -> dict[str, Any]:
     import jwt
     import requests
@@ -71,7 +68,7 @@ def run(minutes: float, threads: int, rotate_every: float, tls: bool) -> dict[st
     with TokenSource(volume.token_path, audience=AUDIENCE):  # the hub's threads live on from here
         pass
     gc.collect()
-    fds0, threads0, rss0 = _fds(), threading.active_count(), _rss_kib()
+    fds0, threads0, rss0 = open_fds(), threading.active_count(), _rss_kib()
 
     server = FakeAPIServer(issuer, audiences=[AUDIENCE], tls=tls)
     ca_file = server.write_ca(tmp / "ca.crt") if tls else None
@@ -191,7 +188,7 @@ def run(minutes: float, threads: int, rotate_every: float, tls: bool) -> dict[st
         "last_rotation_picked_up": last_picked_up,
         "rss_kib": {"start": rss0, "after_warmup": rss_after_warmup, "max": rss_max, "end": rss_end},
         "rss_growth_after_warmup_kib": rss_end - rss_after_warmup,
-        "fds": {"before": fds0, "after": _fds()},
+        "fds": {"before": fds0, "after": open_fds()},
         "threads_count": {"before": threads0, "after": threading.active_count()},
     }
     for p in sorted(tmp.rglob("*"), reverse=True):

@@ -20,21 +20,10 @@ import sa_token.testing
 from sa_token import Token
 from sa_token._watch import volume_root
 from sa_token.cli import main
-from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
+from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer, assert_no_token
 
 AUD = "sa-token-test"
 BIN = Path(sys.executable).parent
-
-
-def _secret_parts(token: str) -> list[str]:
-    """The whole token and its signature segment alone: neither may appear in any output."""
-    return [token, token.rsplit(".", 1)[1]]
-
-
-def assert_no_token(text: str, tokens: list[str]) -> None:
-    for tok in tokens:
-        for part in _secret_parts(tok):
-            assert part not in text, "the CLI printed a token or its signature"
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
