@@ -60,10 +60,12 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_every_section_is_present(result: dict[str, Any]) -> None:
     assert result["mode"] == "smoke"
-    assert result["errors"] == {} and result["skipped"] == {}
+    assert result["errors"] == {}
     for section in ("machine", "targets", *SECTIONS):
         assert section in result, section
-    assert set(result["section_seconds"]) == set(SECTIONS)
+    # (modules added later to run.py's MODULES may be skipped where their package is missing)
+    assert set(result["section_seconds"]) >= set(SECTIONS)
+    assert not set(result["skipped"]) & set(SECTIONS)
 
 
 def test_every_number_is_finite(result: dict[str, Any]) -> None:
