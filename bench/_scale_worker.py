@@ -5,11 +5,14 @@ Creates ``SOURCES`` TokenSources spread round-robin over ``VOLUMES`` projected v
 create one source per client), then measures and prints one JSON object:
 
 * ``inotify_instances``: ``anon_inode:inotify`` links in /proc/self/fd, before and after;
-* ``threads``: ``threading.active_count()`` before and after, and the new threads' names;
+* ``threads_delta``: threads added (``/proc/self/task``, which counts every thread, Python's
+  or not), with the new threads' names;
 * ``mem_per_source_bytes``: tracemalloc's traced-memory growth over the creation, divided by
-  SOURCES (it includes the one-time cost of the watcher hub, which shows at SOURCES=1);
-* ``idle_cpu_fraction``: ``time.process_time()`` delta over wall time while the process sits
-  idle for IDLE_SECONDS with every source open (all threads of the process count);
+  SOURCES (it includes the one-time cost of the watcher, which shows at SOURCES=1);
+* ``idle_wakeups_per_s``: context switches (voluntary + involuntary, ``/proc/self/task/*/status``)
+  of every thread but the measuring one, while the process sits idle for IDLE_SECONDS with
+  every source open: each is a thread waking up (or being preempted) with nothing to do;
+* ``idle_cpu_fraction``: ``time.process_time()`` over wall time during that idle window;
 * ``fanout_s``: after one rotation of the first volume, the time until every source on that
   volume returns the new token.
 """
@@ -27,24 +30,17 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from sa_token import TokenSource
-from sa_token._watch import hub_stats
-from sa_token.testing import ProjectedVolume, TokenIssuer
+from _common import AUDIENCE, context_switches
 
-AUDIENCE = "bench"
+from sa_token import TokenSource
+from sa_token.testing import ProjectedVolume, TokenIssuer, inotify_instances
+
 # Bounded wait for the fan-out after a rotation; the expected time is about a millisecond.
 FANOUT_TIMEOUT = 10.0
 
 
-def inotify_instances() -> int:
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify":
-                n += 1
-        except OSError:
-            pass
-    return n
+def _tasks() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
 
 
 def main() -> None:
@@ -59,7 +55,7 @@ def main() -> None:
         paths = [str(vol.token_path) for vol in volumes]
 
         gc.collect()
-        threads_before = threading.active_count()
+        tasks_before = _tasks()
         names_before = {t.name for t in threading.enumerate()}
         inotify_before = inotify_instances()
         tracemalloc.start()
@@ -70,16 +66,19 @@ def main() -> None:
         gc.collect()
         mem_after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
-        threads_after = threading.active_count()
+        tasks_after = _tasks()
         new_threads = sorted(t.name for t in threading.enumerate() if t.name not in names_before)
         inotify_after = inotify_instances()
-        stats = hub_stats()
         assert all(s.token() == first for s in sources)
 
         gc.collect()
-        c0, w0 = time.process_time(), time.perf_counter()
+        me = threading.get_native_id()
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        c0, w0, s0 = time.process_time(), time.perf_counter(), context_switches()
         time.sleep(idle)
-        idle_cpu = (time.process_time() - c0) / (time.perf_counter() - w0)
+        s1, wall = context_switches(), time.perf_counter() - w0
+        idle_cpu = (time.process_time() - c0) / wall
+        wakeups = {names.get(tid, str(tid)): n - s0[tid] for tid, n in s1.items() if tid in s0 and tid != me}
 
         on_first = [s for i, s in enumerate(sources) if i % n_volumes == 0]
         t0 = time.perf_counter()
@@ -98,15 +97,15 @@ def main() -> None:
                     "volumes": n_volumes,
                     "inotify_instances_before": inotify_before,
                     "inotify_instances": inotify_after,
-                    "threads_before": threads_before,
-                    "threads_after": threads_after,
-                    "threads_delta": threads_after - threads_before,
+                    "threads_before": len(tasks_before),
+                    "threads_after": len(tasks_after),
+                    "threads_delta": len(tasks_after - tasks_before),
                     "new_threads": new_threads,
-                    "hub_threads_started": stats["threads_started"],
-                    "watched_directories": stats["watched_directories"],
                     "mem_per_source_bytes": (mem_after - mem_before) / n_sources,
                     "create_per_source_s": create_s / n_sources,
-                    "idle_seconds": idle,
+                    "idle_seconds": wall,
+                    "idle_wakeups": wakeups,
+                    "idle_wakeups_per_s": sum(wakeups.values()) / wall,
                     "idle_cpu_fraction": idle_cpu,
                     "fanout_sources": len(on_first),
                     "fanout_s": fanout,

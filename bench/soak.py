@@ -5,7 +5,8 @@
 
 Client threads call ``TokenSource.token()`` and make authenticated requests
 (``sa_token.requests.TokenAuth``) to a local ``FakeAPIServer`` that verifies every token (RS256
-signature, ``exp``, ``aud``) while a simulated kubelet rotates the token every few milliseconds.
+signature, ``exp``, ``aud``) while a kubelet in another process (``sa_token.testing.KubeletProcess``,
+as on a node) mints and publishes a new token every few milliseconds.
 Every distinct token served is verified once more on the client side (a torn, empty or expired
 token would fail).
 
@@ -21,7 +22,6 @@ import argparse
 import collections
 import gc
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -29,6 +29,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from sa_token.testing import open_fds
 
 AUDIENCE = "soak"
 # Token lifetime: the kubelet's minimum (10 min), so nothing expires during a short run unless a
@@ -49,17 +51,13 @@ def _rss_kib() -> int:
     return 0
 
 
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def run(minutes: float, threads: int, rotate_every: float, tls: bool) -> dict[str, Any]:
     import jwt
     import requests
 
     from sa_token import TokenSource
     from sa_token.requests import TokenAuth
-    from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
+    from sa_token.testing import Kubelet, KubeletProcess, ProjectedVolume, TokenIssuer
     from sa_token.testing.apiserver import FakeAPIServer
 
     tmp = Path(tempfile.mkdtemp(prefix="sa-token-soak-"))
@@ -70,7 +68,7 @@ def run(minutes: float, threads: int, rotate_every: float, tls: bool) -> dict[st
     with TokenSource(volume.token_path, audience=AUDIENCE):  # the hub's threads live on from here
         pass
     gc.collect()
-    fds0, threads0, rss0 = _fds(), threading.active_count(), _rss_kib()
+    fds0, threads0, rss0 = open_fds(), threading.active_count(), _rss_kib()
 
     server = FakeAPIServer(issuer, audiences=[AUDIENCE], tls=tls)
     ca_file = server.write_ca(tmp / "ca.crt") if tls else None
@@ -131,7 +129,8 @@ def run(minutes: float, threads: int, rotate_every: float, tls: bool) -> dict[st
             statuses.update(local)
             calls["token"] += n % 200
 
-    kubelet.start(every=rotate_every)
+    kubelet_proc = KubeletProcess(volume, issuer, audiences=[AUDIENCE], expiration_seconds=EXPIRATION_SECONDS)
+    kubelet_proc.start(every=rotate_every)
     workers = [threading.Thread(target=worker, name=f"soak-{i}", daemon=True) for i in range(threads)]
     for w in workers:
         w.start()
@@ -153,14 +152,15 @@ def run(minutes: float, threads: int, rotate_every: float, tls: bool) -> dict[st
                 bad = len(failures)
             print(
                 f"[{(time.monotonic() - start) / 60:5.1f} min] requests {done}, rotations "
-                f"{kubelet.rotations}, failures {bad}, RSS {rss / 1024:.1f} MiB",
+                f"{kubelet_proc.rotations}, failures {bad}, RSS {rss / 1024:.1f} MiB",
                 flush=True,
             )
     stop.set()
     for w in workers:
         w.join(60)
-    kubelet.stop()
-    final = kubelet.current
+    written = kubelet.rotations + kubelet_proc.stop()
+    kubelet_proc.close()
+    final = Path(volume.token_path).read_text()
     deadline = time.monotonic() + 5
     while src.token() != final and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -179,7 +179,7 @@ def run(minutes: float, threads: int, rotate_every: float, tls: bool) -> dict[st
         "requests": sum(statuses.values()),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "token_calls": calls["token"],
-        "rotations_written": kubelet.rotations,
+        "rotations_written": written,
         "rotations_seen_by_subscriber": seen["rotations"],
         "tokens_verified": counts["verified"],
         "invalid_tokens_served": counts["invalid"],
@@ -188,7 +188,7 @@ def run(minutes: float, threads: int, rotate_every: float, tls: bool) -> dict[st
         "last_rotation_picked_up": last_picked_up,
         "rss_kib": {"start": rss0, "after_warmup": rss_after_warmup, "max": rss_max, "end": rss_end},
         "rss_growth_after_warmup_kib": rss_end - rss_after_warmup,
-        "fds": {"before": fds0, "after": _fds()},
+        "fds": {"before": fds0, "after": open_fds()},
         "threads_count": {"before": threads0, "after": threading.active_count()},
     }
     for p in sorted(tmp.rglob("*"), reverse=True):

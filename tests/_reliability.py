@@ -16,9 +16,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from sa_token.testing import ProjectedVolume
+from sa_token.testing import ProjectedVolume, assert_no_token, find_token, inotify_watches
+from sa_token.testing import open_fds as fd_count
+from sa_token.testing import token_parts as segments_of
 
-__all__ = ["fd_count", "file_with", "inotify_watches", "publish", "run_child", "segments_of", "thread_names", "world_dir"]
+__all__ = [
+    "Secrets",
+    "fd_count",
+    "file_with",
+    "inotify_watches",
+    "publish",
+    "run_child",
+    "segments_of",
+    "thread_names",
+    "world_dir",
+]
 
 
 def publish(vol: ProjectedVolume, make: Callable[[Path], None]) -> Path:
@@ -42,33 +54,27 @@ def file_with(content: bytes) -> Callable[[Path], None]:
     return make
 
 
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def inotify_watches() -> int:
-    """Inotify instances' watches held by this process, as the kernel counts them
-    (``/proc/self/fdinfo``), whatever the library's own bookkeeping says."""
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
-                continue
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                n += sum(line.startswith("inotify wd:") for line in f)
-        except OSError:
-            continue
-    return n
-
-
 def thread_names() -> list[str]:
     return sorted(t.name for t in threading.enumerate())
 
 
-def segments_of(token: str) -> list[str]:
-    """The whole token and each of its three dot-separated parts (the signature alone, the
-    payload alone): none of them may appear anywhere the library writes text."""
-    return [token, *token.split(".")]
+class Secrets:
+    """Every token minted in a test, and a scanner for any text against all of them."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    def add(self, token: Optional[str]) -> Optional[str]:
+        if token:
+            self.tokens.append(token)
+        return token
+
+    def find(self, text: str) -> list[str]:
+        """Which pieces of which tokens ``text`` contains, described without quoting them."""
+        return find_token(text, self.tokens)
+
+    def assert_clean(self, text: str, what: str) -> None:
+        assert_no_token(text, self.tokens, what=what)
 
 
 def world_dir() -> Path:

@@ -3,27 +3,76 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import threading
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import pytest
 
-_OPENS: Counter[str] = Counter()
+# ----------------------------------------------------------------------- audit hook ------
+# The one audit hook of the test session (a hook cannot be removed: each one more would slow
+# every later test). What it records:
+_OPENS: Counter[str] = Counter()  # opens per path (os.open and open() raise "open"): OpenCounter
 _OPENS_LOCK = threading.Lock()
+OPEN_THREADS: dict[str, list[int]] = {}
+"""Paths a test put here as keys get the ident of every thread that opens them appended."""
+WRITE_ROOTS: list[str] = []
+"""Directories a test put here get every write under them recorded in `WRITE_HITS`, except by
+the thread inside `writer()`."""
+WRITE_HITS: list[str] = []
+_WRITER = threading.local()
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_MUTATING_EVENTS = {
+    "os.chmod", "os.chown", "os.rename", "os.remove", "os.rmdir", "os.symlink", "os.link",
+    "os.mkdir", "os.utime", "os.truncate", "shutil.rmtree", "shutil.move", "shutil.copyfile",
+}  # fmt: skip
 
 
-def _audit(event: str, args: tuple[object, ...]) -> None:
-    # os.open and open() raise the "open" audit event: a real count of file reads.
+def _audit(event: str, args: tuple[Any, ...]) -> None:
     if event == "open" and args and isinstance(args[0], str):
         with _OPENS_LOCK:
             _OPENS[args[0]] += 1
+        if args[0] in OPEN_THREADS:
+            OPEN_THREADS[args[0]].append(threading.get_ident())
+    if WRITE_ROOTS and (event == "open" or event in _MUTATING_EVENTS):
+        _record_write(event, args)
+
+
+def _record_write(event: str, args: tuple[Any, ...]) -> None:
+    if getattr(_WRITER, "active", False):
+        return
+    path = args[0] if args else None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, str) or not any(path.startswith(r) for r in WRITE_ROOTS):
+        return
+    if event == "open":
+        mode, flags = (*args, None, None)[1:3]
+        writes = (isinstance(flags, int) and flags & _WRITE_FLAGS) or (
+            isinstance(mode, str) and any(c in mode for c in "wax+")
+        )
+        if not writes:
+            return
+    WRITE_HITS.append(f"{event} {path} by {threading.current_thread().name}")
 
 
 sys.addaudithook(_audit)
+
+
+@contextlib.contextmanager
+def writer() -> Iterator[None]:
+    """Writes by this thread (the simulated kubelet's) are not recorded in `WRITE_HITS`."""
+    _WRITER.active = True
+    try:
+        yield
+    finally:
+        _WRITER.active = False
 
 
 class OpenCounter:
@@ -80,3 +129,19 @@ def clock() -> FakeClock:
 @pytest.fixture(autouse=True)
 def _sa_token_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("DEBUG", logger="sa_token")
+
+
+def sa_token_warnings(caplog: pytest.LogCaptureFixture, containing: str = "") -> list[str]:
+    """The messages of the library's WARNING-or-worse log records that contain ``containing``."""
+    return [
+        msg
+        for r in caplog.records
+        if (r.name == "sa_token" or r.name.startswith("sa_token.")) and r.levelno >= logging.WARNING
+        for msg in [r.getMessage()]
+        if containing in msg
+    ]
+
+
+def read_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The library's "re-read failed" warnings."""
+    return sa_token_warnings(caplog, "re-read failed")

@@ -15,7 +15,6 @@ import asyncio
 import math
 import os
 import ssl
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +28,7 @@ import requests
 
 import sa_token.httpx
 import sa_token.requests
+from conftest import OPEN_THREADS as _OPEN_THREADS
 from conftest import wait_for
 from sa_token import TokenSource
 from sa_token._auth import MAX_401_RETRIES, host_allowed, parse_hosts
@@ -579,17 +579,6 @@ def test_httpx_a_file_body_is_not_replayed(server: FakeAPIServer, kubelet: Kubel
         r = client.post(f"{server.url}/echo", content=f)
     assert (r.status_code, r.history) == (401, [])
     assert len(served(server)) == 1
-
-
-_OPEN_THREADS: dict[str, list[int]] = {}
-
-
-def _record_open_thread(event: str, args: tuple[Any, ...]) -> None:
-    if event == "open" and args and isinstance(args[0], str) and args[0] in _OPEN_THREADS:
-        _OPEN_THREADS[args[0]].append(threading.get_ident())
-
-
-sys.addaudithook(_record_open_thread)
 
 
 @pytest.mark.asyncio

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,22 +18,12 @@ import pytest
 
 import sa_token.testing
 from sa_token import Token
-from sa_token.cli import main, volume_root
-from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
+from sa_token._hub import volume_root
+from sa_token.cli import main
+from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer, assert_no_token
 
 AUD = "sa-token-test"
 BIN = Path(sys.executable).parent
-
-
-def _secret_parts(token: str) -> list[str]:
-    """The whole token and its signature segment alone: neither may appear in any output."""
-    return [token, token.rsplit(".", 1)[1]]
-
-
-def assert_no_token(text: str, tokens: list[str]) -> None:
-    for tok in tokens:
-        for part in _secret_parts(tok):
-            assert part not in text, "the CLI printed a token or its signature"
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -360,3 +351,184 @@ def test_demo_human_output_and_missing_dependency(
     _, err = capsys.readouterr()
     assert rc == 2
     assert "pip install 'sa-token[demo]'" in err and "requests" in err
+
+
+# ----------------------------------------------------------------------- hostile input ----
+# Terminal control in claims: clear the screen, home the cursor, set the window title (OSC),
+# fake a "status valid" line, and a C1 CSI (0x9b) that some terminals act on without ESC.
+EVIL = "\x1b[2J\x1b[H\x1b]0;owned\x07\nstatus           valid\x9b31m\r"
+CONTROL = ("\x1b", "\x07", "\x9b", "\r")
+
+
+def _evil_token(issuer: TokenIssuer) -> str:
+    claims = issuer.claims(audiences=[AUD, "aud" + EVIL], namespace="ns" + EVIL, pod="pod" + EVIL)
+    claims["sub"] = "system:serviceaccount:" + EVIL
+    claims["iss"] = "https://issuer" + EVIL
+    return issuer.sign(claims)
+
+
+def _assert_no_control(text: str) -> None:
+    lines = text.split("\n")  # a line feed of our own is fine; any other control character is not
+    for ch in CONTROL:
+        assert not any(ch in line for line in lines), f"raw {ch!r} in the output"
+
+
+def test_inspect_escapes_control_characters_in_claims(
+    projected_volume: ProjectedVolume, token_issuer: TokenIssuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = _evil_token(token_issuer)
+    projected_volume.write({"token": token})
+    rc, out, err = _run(capsys, "inspect", str(projected_volume.token_path), "--audience", "vault")
+    assert rc == 1
+    _assert_no_control(out + err)
+    # what was escaped is still shown, as text
+    assert "system:serviceaccount:\\x1b[2J\\x1b[H\\x1b]0;owned\\x07\\x0astatus" in out
+    # the only line that starts with "status" is ours
+    assert [ln for ln in out.splitlines() if ln.startswith("status")] == [
+        "status           INVALID: audience-mismatch"
+    ]
+    assert "\\x1b" in err and len(err.strip().splitlines()) == 1
+    assert_no_token(out + err, [token])
+
+
+def test_inspect_json_keeps_claims_exact_and_escaped_by_json(
+    projected_volume: ProjectedVolume, token_issuer: TokenIssuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = _evil_token(token_issuer)
+    projected_volume.write({"token": token})
+    rc, out, err = _run(capsys, "inspect", str(projected_volume.token_path), "--json", "--audience", "vault")
+    assert rc == 1
+    for ch in CONTROL:
+        assert ch not in out and ch not in err
+    report = json.loads(out)  # valid JSON: json escaped the control characters itself
+    assert report["subject"] == "system:serviceaccount:" + EVIL  # the exact claim, not our escaping
+    assert report["claims"]["iss"] == "https://issuer" + EVIL
+    assert report["audiences"] == [AUD, "aud" + EVIL]
+    assert report["namespace"] == "ns" + EVIL and report["pod"] == "pod" + EVIL
+    assert report["status"] == "audience-mismatch"
+    assert "\\x1b" in report["reason"]  # the reason is a message for people: escaped
+    assert_no_token(out + err, [token])
+
+
+def test_watch_escapes_control_characters(
+    projected_volume: ProjectedVolume, token_issuer: TokenIssuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    projected_volume.write({"token": _evil_token(token_issuer)})
+    rc = main(["watch", str(projected_volume.token_path), "--timeout", "0.2"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    _assert_no_control(out + err)
+
+
+def test_file_names_with_control_characters_are_escaped(
+    tmp_path: Path, token_issuer: TokenIssuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    evil_dir = tmp_path / ("vol" + EVIL.replace("\n", ""))
+    vol = ProjectedVolume(evil_dir)
+    vol.write({"token": token_issuer.issue(audiences=[AUD])})
+    rc, out, err = _run(capsys, "inspect", str(vol.token_path))
+    assert rc == 0, err
+    _assert_no_control(out + err)
+    assert "vol\\x1b[2J" in out
+    rc, out, err = _run(capsys, "inspect", str(evil_dir / "missing"))
+    assert rc == 2
+    _assert_no_control(out + err)
+    assert "does not exist" in err and "vol\\x1b[2J" in err
+    assert main(["watch", str(evil_dir / "missing"), "--timeout", "0.1"]) == 2
+    _, err = capsys.readouterr()
+    _assert_no_control(err)
+
+
+@pytest.mark.parametrize(
+    ("claims", "rc", "needle"),
+    [
+        ({"exp": 1e14}, 0, "in over 1000 years"),  # beyond timedelta's range
+        ({"exp": 2**62}, 0, "far future"),  # beyond datetime's range
+        ({"iat": 1.8e38}, 1, "iat is over 1000 years in the future"),
+        ({"nbf": 1.8e38, "iat": -1.8e38}, 1, "nbf is over 1000 years in the future"),
+        ({"exp": -1e14, "iat": -2e14, "nbf": -2e14}, 1, "over 1000 years ago"),
+    ],
+)
+def test_inspect_survives_numeric_claims_that_overflow(
+    kubelet: Kubelet, capsys: pytest.CaptureFixture[str], claims: dict[str, float], rc: int, needle: str
+) -> None:
+    payload = kubelet.issuer.claims(audiences=[AUD])
+    payload.update(claims)
+    kubelet.volume.rotate(kubelet.issuer.sign(payload))
+    projected_volume = kubelet.volume
+    got, out, err = _run(capsys, "inspect", str(projected_volume.token_path))
+    assert got == rc, err
+    assert needle in out + err
+    human = out.split("claims (decoded")[0] + err  # the claims block shows the raw numbers
+    assert not re.search(r"\d{12,}", human), human
+    got, out, err = _run(capsys, "inspect", str(projected_volume.token_path), "--json")
+    assert got == rc, err
+
+    def no_constant(name: str) -> None:
+        raise AssertionError(f"{name} in the JSON output")
+
+    report = json.loads(out, parse_constant=no_constant)  # no Infinity/NaN: strict JSON
+    assert report["claims"] == {**report["claims"], **claims}
+    assert report["valid"] is (rc == 0)
+    assert "Traceback" not in err
+
+
+def test_inspect_a_token_instead_of_its_path(
+    kubelet: Kubelet, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    token = kubelet.current
+    assert token is not None
+    for argv in (["inspect", token], ["inspect", token + "\n", "--json"], ["watch", token, "--timeout", "1"]):
+        rc, out, err = _run(capsys, *argv)
+        assert rc == 2, argv
+        assert "looks like a token, not a path" in err, err
+        assert err.count("\n") == 1
+        assert_no_token(out + err, [token])
+        if "--json" in argv:
+            assert json.loads(out)["status"] == "file-error"
+    # a token inside a path too (a directory named after it)
+    rc, out, err = _run(capsys, "inspect", str(tmp_path / token / "token"))
+    assert rc == 2 and "looks like a token, not a path" in err
+    assert_no_token(out + err, [token])
+
+
+def test_every_echoed_path_is_bounded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    long = str(tmp_path) + "/" + "d" * 200 + "/" + "x" * 5000
+    for argv in (["inspect", long], ["inspect", long, "--json"], ["watch", long, "--timeout", "1"]):
+        rc, out, err = _run(capsys, *argv)
+        assert rc == 2, err
+        assert len(err) < 1000 and len(out) < 1000, (len(out), len(err))
+        assert "[...]" in err
+
+
+def test_library_warnings_reach_stderr(
+    kubelet: Kubelet,
+    projected_volume: ProjectedVolume,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Any library warning while a command runs (here: one the reader logs) is shown on stderr,
+    # escaped, never with a token in it; DEBUG/INFO records are not.
+    import logging
+
+    import sa_token._read
+
+    token = kubelet.current
+    assert token is not None
+    real = sa_token._read.read_token_file
+
+    def noisy(path: str) -> Token:
+        logging.getLogger("sa_token._read").warning("sa-token: something odd \x1b[2J with %s", token)
+        logging.getLogger("sa_token._read").info("sa-token: chatter")
+        return real(path)
+
+    monkeypatch.setattr(sa_token._read, "read_token_file", noisy)
+    rc, _, err = _run(capsys, "inspect", str(projected_volume.token_path))
+    assert rc == 0
+    assert "sa-token: warning: something odd \\x1b[2J with <a token>" in err
+    assert "chatter" not in err
+    assert_no_token(err, [token])
+    assert not any(
+        isinstance(h, logging.StreamHandler) and h.stream is sys.stderr
+        for h in logging.getLogger("sa_token").handlers
+    ), "the handler is removed after main()"

@@ -20,7 +20,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
+from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer, assert_no_token
 from sa_token.testing.apiserver import FakeAPIServer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -88,11 +88,6 @@ def run_example(
         timeout=timeout,
         check=False,
     )
-
-
-def assert_no_token(text: str, tokens: list[str]) -> None:
-    for tok in tokens:
-        assert tok not in text and tok.rsplit(".", 1)[1] not in text
 
 
 # ----------------------------------------------------------------------- the seed scenario -

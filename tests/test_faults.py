@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import gc
 import json
-import logging
 import os
 import shutil
 import signal
@@ -37,6 +36,7 @@ from _reliability import (
     thread_names,
     world_dir,
 )
+from conftest import read_failures as _failures
 from conftest import wait_for
 from sa_token import (
     AudienceMismatchError,
@@ -83,14 +83,6 @@ def _can_limit_inotify() -> bool:
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _failures(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == "sa_token" and r.levelno == logging.WARNING and "re-read failed" in r.getMessage()
-    ]
 
 
 def _assert_names(err: TokenError, path: str, cause: str, *secrets: str) -> None:

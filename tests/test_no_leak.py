@@ -19,7 +19,6 @@ import os
 import stat
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -32,41 +31,17 @@ import requests
 
 import sa_token.httpx as sa_httpx
 import sa_token.requests as sa_requests
-from _reliability import file_with, publish
+from _reliability import Secrets, file_with, publish
+from conftest import WRITE_HITS as _AUDIT_HITS
+from conftest import WRITE_ROOTS as _AUDIT_ROOTS
 from conftest import wait_for
+from conftest import writer as _writer
 from sa_token import TokenError, TokenSource
 from sa_token._hub import HUB
 from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
 from sa_token.testing.apiserver import FakeAPIServer
 
 AUD = "no-leak"
-
-
-class Secrets:
-    """Every token minted in a test, and a scanner for any text against all of them."""
-
-    def __init__(self) -> None:
-        self.tokens: list[str] = []
-
-    def add(self, token: Optional[str]) -> Optional[str]:
-        if token:
-            self.tokens.append(token)
-        return token
-
-    def find(self, text: str) -> list[str]:
-        """Which secret parts ``text`` contains (the whole token, the header+payload, each
-        segment), described without quoting them."""
-        found = []
-        for tok in self.tokens:
-            h, p, s = tok.split(".")
-            for name, part in (("token", tok), ("header.payload", f"{h}.{p}"), ("payload", p), ("signature", s)):
-                if part in text:
-                    found.append(name)
-        return found
-
-    def assert_clean(self, text: str, what: str) -> None:
-        found = self.find(text)
-        assert not found, f"{what} contains the {found}"
 
 
 @pytest.fixture
@@ -367,49 +342,6 @@ def test_hosts_hold_across_redirects_and_retries(
 
 
 # --------------------------------------------------------------------------- read-only ---
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_MUTATING_EVENTS = {
-    "os.chmod", "os.chown", "os.rename", "os.remove", "os.rmdir", "os.symlink", "os.link",
-    "os.mkdir", "os.utime", "os.truncate", "shutil.rmtree", "shutil.move", "shutil.copyfile",
-}
-_AUDIT = threading.local()
-_AUDIT_ROOTS: list[str] = []
-_AUDIT_HITS: list[str] = []
-
-
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if not _AUDIT_ROOTS or getattr(_AUDIT, "writer", False):
-        return
-    if event != "open" and event not in _MUTATING_EVENTS:
-        return
-    path = args[0] if args else None
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not isinstance(path, str) or not any(path.startswith(r) for r in _AUDIT_ROOTS):
-        return
-    if event == "open":
-        mode, flags = (*args, None, None)[1:3]
-        writes = (isinstance(flags, int) and flags & _WRITE_FLAGS) or (
-            isinstance(mode, str) and any(c in mode for c in "wax+")
-        )
-        if not writes:
-            return
-    _AUDIT_HITS.append(f"{event} {path} by {threading.current_thread().name}")
-
-
-sys.addaudithook(_audit)
-
-
-@contextlib.contextmanager
-def _writer() -> Iterator[None]:
-    """The simulated kubelet writing (only in the thread that runs it)."""
-    _AUDIT.writer = True
-    try:
-        yield
-    finally:
-        _AUDIT.writer = False
-
-
 def _snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
     out: dict[str, tuple[Any, ...]] = {}
     for dirpath, dirnames, filenames in os.walk(root):

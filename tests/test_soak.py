@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
-import subprocess
-import sys
 import threading
 import time
 import tracemalloc
@@ -27,7 +24,7 @@ from _reliability import fd_count
 from conftest import wait_for
 from sa_token import Token, TokenSource
 from sa_token.requests import TokenAuth
-from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
+from sa_token.testing import Kubelet, KubeletProcess, ProjectedVolume, TokenIssuer
 from sa_token.testing.apiserver import FakeAPIServer
 
 AUD = "soak"
@@ -41,69 +38,6 @@ TOKENS = 800
 # this between the warm-up and the end: a leak of even one small object per rotation or per
 # request would exceed it over hundreds of rotations and thousands of requests.
 MAX_LIB_GROWTH = 64 * 1024
-
-
-_KUBELET = """
-import json, sys, threading, time
-from sa_token.testing import ProjectedVolume
-vol = ProjectedVolume(sys.argv[1])
-tokens = json.loads(sys.stdin.readline())
-stop = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
-n = 0
-for tok in tokens:
-    if stop.wait(float(sys.argv[2])):
-        break
-    vol.rotate(tok)
-    n += 1
-    print(n, flush=True)
-stop.wait()
-print(n, flush=True)
-"""
-
-
-class _KubeletProcess:
-    """The kubelet as its own process (as on a node): 16 client threads holding the GIL would
-    otherwise starve a kubelet thread in this process, which gives it up at every file operation."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.count = 0
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.count = int(line)
-
-
-def _start_kubelet_process(volume: ProjectedVolume, tokens: list[str]) -> _KubeletProcess:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _KUBELET, str(volume.directory), str(ROTATE_EVERY)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None
-    proc.stdin.write(json.dumps(tokens) + "\n")
-    proc.stdin.flush()
-    return _KubeletProcess(proc)
-
-
-def _rotations_so_far(k: _KubeletProcess) -> int:
-    return k.count
-
-
-def _stop_kubelet_process(k: _KubeletProcess) -> int:
-    assert k.proc.stdin is not None
-    k.proc.stdin.write("stop\n")
-    k.proc.stdin.close()
-    k.proc.wait(30)
-    k.thread.join(10)
-    assert k.proc.stdout is not None
-    k.proc.stdout.close()
-    return k.count
 
 
 def _lib_bytes(snapshot: tracemalloc.Snapshot) -> int:
@@ -171,12 +105,15 @@ def test_soak_rotating_every_5ms(tmp_path: Path, token_issuer: TokenIssuer) -> N
                 statuses.update(local)
                 served["calls"] += n
 
-    kubelet_proc = _start_kubelet_process(volume, tokens)
+    # The kubelet as its own process (as on a node): 16 client threads holding the GIL would
+    # otherwise starve a kubelet thread in this process, which gives it up at every file operation.
+    kubelet_proc = KubeletProcess(volume)
+    kubelet_proc.start(every=ROTATE_EVERY, tokens=tokens)
     workers = [threading.Thread(target=worker, name=f"soak-{i}") for i in range(THREADS)]
     for w in workers:
         w.start()
     time.sleep(0.5)  # warm-up: connection pools, caches, first allocations
-    rotations_at_start = _rotations_so_far(kubelet_proc)
+    rotations_at_start = kubelet_proc.rotations
     start = time.monotonic()
     traced = False
     traced_at = 0.0
@@ -195,7 +132,8 @@ def test_soak_rotating_every_5ms(tmp_path: Path, token_issuer: TokenIssuer) -> N
     stop.set()
     for w in workers:
         w.join(30)
-    rotations = _stop_kubelet_process(kubelet_proc) - rotations_at_start
+    rotations = kubelet_proc.stop() - rotations_at_start
+    kubelet_proc.close()
     final = Path(volume.token_path).read_text()
     assert wait_for(lambda: src.token() == final), "the last rotation was picked up"
     gc.collect()

@@ -3,7 +3,6 @@ exactly as the kubelet does, real inotify, injected clocks for expiry."""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
@@ -14,6 +13,7 @@ import pytest
 
 import sa_token
 from conftest import FakeClock, wait_for
+from conftest import sa_token_warnings as warnings_of
 from sa_token import (
     AudienceMismatchError,
     IssuerMismatchError,
@@ -26,6 +26,7 @@ from sa_token import (
 from sa_token._hub import HUB
 from sa_token._source import DEFAULT_LEEWAY, FAILED_READ_RETRY, STALE_MARGIN
 from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
+from sa_token.testing import inotify_instances as _inotify_fds
 
 AUD = "vault"
 
@@ -40,10 +41,6 @@ def kl(vol: ProjectedVolume, token_issuer: TokenIssuer) -> Kubelet:
     k = Kubelet(vol, token_issuer, audiences=[AUD], expiration_seconds=7200)
     k.rotate()
     return k
-
-
-def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "sa_token"]
 
 
 # ---------------------------------------------------------------- 1. constructor ------------
@@ -172,17 +169,6 @@ def test_symlink_from_elsewhere_into_a_projected_volume(
 
 
 # ---------------------------------------------------------------- 3. one watcher -----------
-
-
-def _inotify_fds() -> int:
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify":
-                n += 1
-        except OSError:
-            pass
-    return n
 
 
 def test_one_inotify_instance_and_constant_threads_for_many_sources(

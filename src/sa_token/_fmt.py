@@ -12,7 +12,7 @@ import re
 from datetime import datetime, timezone
 from typing import Optional, Union
 
-__all__ = ["MAX_SHOWN_PATH", "duration", "iso", "looks_like_jwt", "path", "relative", "text"]
+__all__ = ["MAX_SHOWN_PATH", "duration", "iso", "looks_like_jwt", "path", "redact", "relative", "text"]
 
 # A path echoed in a message is cut to this many characters: enough for any real mount path
 # (the kubelet's host paths are under 200), short enough that a whole JWT passed by mistake
@@ -83,6 +83,12 @@ def text(value: object) -> str:
     """``str(value)`` with control characters escaped (``\\x1b`` stays visible as text), for
     anything a token or a file supplied: claims, error texts, names."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+def redact(value: str) -> str:
+    """``value`` with every run that looks like a JWT replaced by ``<a token>``: a last guard
+    for text shown to people that a library or a file supplied (log messages, error texts)."""
+    return _JWT.sub("<a token>", value)
 
 
 def looks_like_jwt(value: object) -> bool:

@@ -6,6 +6,11 @@
   ``AtomicWriter`` does (timestamped directory, ``..data_tmp`` renamed over ``..data``,
   top-level symlinks, file modes), with a one-call :meth:`ProjectedVolume.rotate`.
 * :class:`Kubelet` combines both: it rotates a volume's token on demand or on a schedule.
+* `KubeletProcess` does the same from another process, as on a node, and reports when each
+  ``..data`` swap happened (for tests and benchmarks of a busy process).
+* `assert_no_token` (and `find_token`, `token_parts`) checks that text holds no piece of a
+  token; `open_fds`, `inotify_instances` and `inotify_watches` count what a process holds, for
+  leak tests.
 * The pytest plugin (installed with the package) provides the fixtures ``token_issuer``,
   ``projected_volume`` and ``kubelet``.
 
@@ -16,6 +21,20 @@ from __future__ import annotations
 
 from ._issuer import TokenIssuer
 from ._kubelet import Kubelet
+from ._kubelet_process import KubeletProcess, Publication
+from ._leaks import assert_no_token, find_token, inotify_instances, inotify_watches, open_fds, token_parts
 from ._volume import ProjectedVolume
 
-__all__ = ["Kubelet", "ProjectedVolume", "TokenIssuer"]
+__all__ = [
+    "Kubelet",
+    "KubeletProcess",
+    "ProjectedVolume",
+    "Publication",
+    "TokenIssuer",
+    "assert_no_token",
+    "find_token",
+    "inotify_instances",
+    "inotify_watches",
+    "open_fds",
+    "token_parts",
+]

@@ -21,9 +21,9 @@ DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 DEFAULT_KEY_SIZE = 2048
 # The default projected-token lifetime (ServiceAccountTokenProjection.expirationSeconds default).
 DEFAULT_EXPIRATION_SECONDS = 3600
-# The lifetime the admission plugin requests for kube-api-access volumes (60*60 + 7); the API server
-# extends such tokens to a year and records the real end in kubernetes.io.warnafter.
-WARN_ONLY_EXPIRATION_SECONDS = 3607
+# With --service-account-extend-token-expiration the API server extends the tokens of
+# kube-api-access volumes (which ask for 3607 s) to a year and records the real end in
+# kubernetes.io.warnafter.
 EXTENDED_EXPIRATION_SECONDS = 365 * 24 * 3600
 
 
@@ -38,16 +38,29 @@ class TokenIssuer:
     >>> issuer = TokenIssuer()
     >>> token = issuer.issue(audiences=["vault"], expiration_seconds=600)
 
-    ``public_key_pem`` and :meth:`jwks` give verifiers the key; :meth:`verify` checks a token
+    ``key_pem`` loads an existing RSA private key (see `private_key_pem`) instead of generating
+    one. ``public_key_pem`` and :meth:`jwks` give verifiers the key; :meth:`verify` checks a token
     the way kube-apiserver's authenticator does (signature, ``exp``, ``nbf``, ``aud``).
     """
 
-    def __init__(self, *, issuer: str = DEFAULT_ISSUER, key_size: int = DEFAULT_KEY_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        issuer: str = DEFAULT_ISSUER,
+        key_size: int = DEFAULT_KEY_SIZE,
+        key_pem: Optional[bytes] = None,
+    ) -> None:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
 
         self.issuer = issuer
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+        if key_pem is None:
+            self._key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+        else:  # the same key in another process (KubeletProcess), or a fixed key across runs
+            key = serialization.load_pem_private_key(key_pem, password=None)
+            if not isinstance(key, rsa.RSAPrivateKey):
+                raise TypeError("key_pem must hold an RSA private key")
+            self._key = key
         self.public_key = self._key.public_key()
         der = self.public_key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -62,6 +75,16 @@ class TokenIssuer:
 
     def __repr__(self) -> str:
         return f"TokenIssuer(issuer={self.issuer!r}, kid={self.kid[:8]}...)"
+
+    @property
+    def private_key_pem(self) -> bytes:
+        """The signing key (PKCS#8 PEM, unencrypted), for ``TokenIssuer(key_pem=...)`` elsewhere.
+        A test key: never use a `TokenIssuer` for real tokens."""
+        from cryptography.hazmat.primitives import serialization
+
+        return self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     def claims(
         self,
