@@ -13,7 +13,13 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Callable
 
+import freezegun
 import pytest
+
+# freezegun scans every loaded module's attributes when time is frozen; the kubernetes client
+# (>= 36) resolves its models lazily on attribute access, and building them under a frozen
+# datetime fails half-way through that scan, leaving time frozen for the rest of the session.
+freezegun.configure(extend_ignore_list=["kubernetes", "kubernetes_asyncio"])
 
 # ----------------------------------------------------------------------- audit hook ------
 # The one audit hook of the test session (a hook cannot be removed: each one more would slow

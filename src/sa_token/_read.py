@@ -19,6 +19,7 @@ import ctypes
 import errno as _errno
 import os
 import stat
+import sys
 from typing import Optional
 
 from . import _fmt
@@ -113,6 +114,7 @@ def _read_once(path: str, size: int) -> bytes:
 def _read_holding_gil(path: str, size: int) -> bytes:
     libc = _LIBC_GIL
     assert libc is not None
+    sys.audit("open", path, "r", _OPEN_FLAGS)  # as os.open does: audit hooks still see the read
     fd = libc.open(os.fsencode(path), _OPEN_FLAGS)
     if fd < 0:
         raise _errno_error(path)

@@ -16,9 +16,9 @@ from types import FrameType
 from typing import Any, Optional, Protocol
 
 from sa_token import _fmt
+from sa_token._hub import DATA_DIR, volume_root
 from sa_token._source import DEFAULT_TOKEN_PATH
 from sa_token._token import Token
-from sa_token._hub import DATA_DIR, volume_root
 from sa_token.errors import TokenFileError
 
 from ._output import LIBRARY_PREFIX
