@@ -40,12 +40,19 @@ _MUTATING_EVENTS = {
 }  # fmt: skip
 
 
+OPEN_GATES: dict[str, OpenGate] = {}
+"""Paths a test put here: a thread that opens one waits at its `OpenGate` (see `gate_opens`)."""
+
+
 def _audit(event: str, args: tuple[Any, ...]) -> None:
     if event == "open" and args and isinstance(args[0], str):
         with _OPENS_LOCK:
             _OPENS[args[0]] += 1
         if args[0] in OPEN_THREADS:
             OPEN_THREADS[args[0]].append(threading.get_ident())
+        gate = OPEN_GATES.get(args[0])
+        if gate is not None:
+            gate.pass_through()
     if WRITE_ROOTS and (event == "open" or event in _MUTATING_EVENTS):
         _record_write(event, args)
 
@@ -79,6 +86,33 @@ def writer() -> Iterator[None]:
         yield
     finally:
         _WRITER.active = False
+
+
+class OpenGate:
+    """Holds threads that open a path, so that a test can act while a read is under way (inside
+    the read, with whatever locks the reader holds)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()  # a thread is waiting at the gate
+        self.released = threading.Event()
+
+    def pass_through(self) -> None:
+        if self.released.is_set():
+            return
+        self.entered.set()
+        self.released.wait(10)
+
+
+@contextlib.contextmanager
+def gate_opens(path: object) -> Iterator[OpenGate]:
+    """While inside, threads opening ``path`` wait until the test calls ``gate.released.set()``."""
+    key = os.fspath(path)  # type: ignore[call-overload]
+    gate = OPEN_GATES[key] = OpenGate()
+    try:
+        yield gate
+    finally:
+        gate.released.set()
+        OPEN_GATES.pop(key, None)
 
 
 class OpenCounter:

@@ -117,16 +117,19 @@ def watch_targets(path: str) -> dict[str, set[str]]:
     """
     targets: dict[str, set[str]] = {}
 
-    def add(p: str) -> None:
+    def add(p: str) -> Optional[str]:
         root = volume_root(p)
         if root is not None:
             targets.setdefault(root, set()).update({DATA_DIR, os.path.relpath(p, root).split(os.sep)[0]})
         else:
             targets.setdefault(os.path.dirname(p), set()).add(os.path.basename(p))
+        return root
 
-    add(path)
+    root = add(path)
     real = os.path.realpath(path)
-    if real != path:
+    # Inside its own projected volume the path resolves into the current generation's directory,
+    # which the ..data swap replaces: nothing more to watch. Elsewhere, watch the target too.
+    if real != path and (root is None or not real.startswith(root + os.sep)):
         add(real)
     return targets
 

@@ -394,8 +394,9 @@ class TokenSource:
         self.close()
 
     def __repr__(self) -> str:
-        exp = self._snap.token.expires_at
-        mode = "closed" if self._closed else ("inotify" if self.watching else "timer")
+        snap: Optional[_Snapshot] = getattr(self, "_snap", None)  # None while __init__ reads
+        exp = None if snap is None else snap.token.expires_at
+        mode = "closed" if self._closed else ("inotify" if snap and self.watching else "timer")
         aud = list(self.audiences) if self.audiences else None
         return (
             f"TokenSource(path={self.path!r}, audience={aud!r}, mode={mode}, "
