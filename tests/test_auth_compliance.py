@@ -31,7 +31,7 @@ import sa_token.httpx
 import sa_token.requests
 from conftest import wait_for
 from sa_token import TokenSource
-from sa_token._auth import MAX_401_RETRIES, host_allowed, parse_hosts
+from sa_token._flow import MAX_401_RETRIES, host_allowed, parse_hosts
 from sa_token.testing import Kubelet
 from sa_token.testing.apiserver import FakeAPIServer
 
