@@ -57,6 +57,7 @@ __all__ = [
     "bearer",
     "host_allowed",
     "parse_hosts",
+    "read_nowait",
     "scrubbed",
 ]
 
@@ -246,7 +247,7 @@ class Exchange:
         try:
             command = self._steps.send(reply)
             while not isinstance(command, _Send):
-                result = _nowait(self._source) if isinstance(command, _Read) else None
+                result = read_nowait(self._source) if isinstance(command, _Read) else None
                 if result is None:
                     result = await to_thread(lambda command=command: self._run(command))  # type: ignore[misc]
                 command = self._steps.send(result)
@@ -269,7 +270,7 @@ class Exchange:
             return None
 
 
-def _nowait(source: TokenSource) -> Optional[Held]:
+def read_nowait(source: TokenSource) -> Optional[Held]:
     """The token if the source can answer without I/O, held so that no local shows it."""
     return _wrap(source.token_nowait())
 
