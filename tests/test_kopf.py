@@ -6,6 +6,7 @@ credentials (nolar/kopf#926)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import threading
 import time
@@ -164,7 +165,7 @@ def test_login_returns_connection_info_with_expiration_at_the_rotation_point(clu
         second = asyncio.run(handler())
     assert first.token == token and first.scheme == "Bearer"
     assert first.server == f"https://127.0.0.1:{cluster.server.port}"
-    assert first.ca_data == cluster.server.ca_pem.decode()
+    assert base64.b64decode(first.ca_data) == cluster.server.ca_pem  # as kubeconfig's CA data
     assert first.default_namespace == "team-a"
     due = source.current().rotation_due_at
     assert due is not None and abs((first.expiration - due).total_seconds()) < 0.01

@@ -32,6 +32,7 @@ File reads run in a worker thread, never on kopf's event loop.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import threading
@@ -137,7 +138,9 @@ class LoginHandler:
                 self._found = resolve(*self._args, NotInClusterError)
         found = self._found
         found.source.invalidate(older_than=started)  # a login may follow a 401: look at the file
-        return found, found.source.current(), found.ca.pem.decode("ascii")
+        # base64 of the PEM, like a kubeconfig's certificate-authority-data: every kopf version
+        # takes it (kopf < 1.39 only that, later ones also the PEM itself).
+        return found, found.source.current(), base64.b64encode(found.ca.pem).decode("ascii")
 
     def _expiration(self, tok: Token, source: TokenSource) -> datetime:
         now = time.time()

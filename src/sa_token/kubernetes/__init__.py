@@ -165,7 +165,7 @@ class ApiClient(_k8s_client.ApiClient):
         super().__init__(configuration, *args, **kwargs)
         if isinstance(self.configuration.refresh_api_key_hook, TokenHook):
             plain, self.rest_client = self.rest_client, _RESTClient(self.configuration)
-            plain.close()
+            plain.pool_manager.clear()  # (kubernetes < 37 has no RESTClientObject.close)
 
 
 class _RESTClient(_k8s_rest.RESTClientObject):  # type: ignore[misc]
