@@ -222,3 +222,21 @@ def test_namespace_path_sets_configuration_namespace(cluster: Cluster) -> None:
         load_incluster_config(
             token_path=cluster.token_path, ca_path=cluster.ca_path, namespace_path=bad, set_default=False
         )
+
+
+def test_namespace_is_read_next_to_a_custom_token(cluster: Cluster, tmp_path: Path) -> None:
+    """The README's snippet with a projected volume of its own: the namespace file next to the
+    token is found (the kube-api-access path does not exist here); an explicit path still wins."""
+    assert cluster.volume.path("namespace").exists()  # the kubelet wrote "team-a" beside the token
+    conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False)
+    assert conf.namespace == "team-a"
+    other = tmp_path / "other-namespace"
+    other.write_text("team-b\n")
+    conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False,
+                                 namespace_path=other)
+    assert conf.namespace == "team-b"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "token").write_text(cluster.kubelet.current or "")
+    conf = load_incluster_config(token_path=bare / "token", ca_path=cluster.ca_path, set_default=False)
+    assert conf.namespace is None  # nothing beside it, and no kube-api-access volume on this machine
