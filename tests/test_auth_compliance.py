@@ -25,12 +25,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
+import aiohttp
 import httpx
 import jwt
 import pytest
 import requests
-
-import aiohttp
 
 import sa_token.aiohttp
 import sa_token.httpx
@@ -38,8 +37,8 @@ import sa_token.kubernetes
 import sa_token.requests
 from conftest import wait_for
 from sa_token import TokenSource
-from sa_token._observe import auth_retries
 from sa_token._flow import MAX_401_RETRIES, host_allowed, parse_hosts
+from sa_token._observe import auth_retries
 from sa_token.testing import Kubelet
 from sa_token.testing.apiserver import FakeAPIServer
 
@@ -241,9 +240,9 @@ class TestAuthCompliance:
         assert opens.count == 1  # the 401 made it look at the file once: same token, no retry
 
     def test_a_callers_authorization_header_is_left_alone(
-        self, server: FakeAPIServer, kubelet: Kubelet, lagging_source: TokenSource, count_opens: Any,
-        client_for: Callable[..., Client]
-    , driver: Driver) -> None:
+        self, *, server: FakeAPIServer, kubelet: Kubelet, lagging_source: TokenSource, count_opens: Any,
+        client_for: Callable[..., Client], driver: Driver
+    ) -> None:
         driver.needs("own_header")
         own = kubelet.issuer.issue(audiences=[AUDIENCE])
         kubelet.rotate()  # a new token the auth could retry with, if it (wrongly) tried
@@ -258,9 +257,9 @@ class TestAuthCompliance:
         assert opens.count == 0  # our source was not even consulted
 
     def test_hosts_limits_the_token_to_the_named_host_and_port(
-        self, server: FakeAPIServer, other_server: FakeAPIServer, kubelet: Kubelet, lagging_source: TokenSource,
-        client_for: Callable[..., Client]
-    , driver: Driver) -> None:
+        self, *, server: FakeAPIServer, other_server: FakeAPIServer, kubelet: Kubelet, lagging_source: TokenSource,
+        client_for: Callable[..., Client], driver: Driver
+    ) -> None:
         driver.needs("hosts")
         client = client_for(lagging_source, hosts=[f"127.0.0.1:{server.port}"])
         assert client.get(f"{server.url}/echo").status == 200
@@ -276,9 +275,9 @@ class TestAuthCompliance:
         assert served(server)[-1] == (401, None, None)
 
     def test_a_redirect_to_another_host_carries_no_token(
-        self, server: FakeAPIServer, other_server: FakeAPIServer, kubelet: Kubelet,
-        lagging_source: TokenSource, client_for: Callable[..., Client]
-    , driver: Driver) -> None:
+        self, *, server: FakeAPIServer, other_server: FakeAPIServer, kubelet: Kubelet,
+        lagging_source: TokenSource, client_for: Callable[..., Client], driver: Driver
+    ) -> None:
         driver.needs("redirects")
         # "localhost" is another host name (and port) for the client, even on the same machine.
         target = f"https://localhost:{other_server.port}/echo"
@@ -300,8 +299,8 @@ class TestAuthCompliance:
 
     def test_a_streaming_body_is_not_replayed_the_401_is_returned(
         self, server: FakeAPIServer, kubelet: Kubelet, lagging_source: TokenSource,
-        client_for: Callable[..., Client]
-    , driver: Driver) -> None:
+        client_for: Callable[..., Client], driver: Driver
+    ) -> None:
         driver.needs("streaming")
         client = client_for(lagging_source)
         new = kubelet.rotate()

@@ -75,7 +75,7 @@ class Operator:
         kopf.on.login(registry=registry)(handler)
 
         @kopf.on.event("configmaps", registry=registry)
-        def on_event(type: str, name: str, **_: Any) -> None:  # noqa: A002 - kopf's keyword
+        def on_event(type: str, name: str, **_: Any) -> None:
             if type != "DELETED":  # None for the objects of the initial list
                 self.seen.append(name)
 
@@ -121,7 +121,7 @@ def test_operator_handles_events_across_rotations_and_a_rejection(
     source = TokenSource(cluster.token_path)
     operator = Operator(sa_token.kopf.login_handler(source=source, ca_path=cluster.ca_path))
     try:
-        assert wait_for(lambda: operator.ready.is_set(), timeout=10)
+        assert wait_for(operator.ready.is_set, timeout=10)
 
         def used() -> list[str]:
             seen = {r.token_jti for r in cluster.server.requests if r.authorized}

@@ -38,7 +38,8 @@ import logging
 import time
 from collections.abc import Awaitable, Generator, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, TypeVar, Union
+from functools import partial
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, TypeVar, Union, cast
 from urllib.parse import urlsplit
 
 from ._observe import count_auth_retry
@@ -191,7 +192,7 @@ class BearerFlow:
         return Exchange(self.source, self._steps(time.time(), replayable))
 
     def _steps(self, started: float, replayable: Callable[[], bool]) -> Generator[Command, object, None]:
-        sent: Held = yield _READ  # type: ignore[misc]
+        sent = cast(Held, (yield _READ))
         for _ in range(MAX_401_RETRIES):
             reply = yield _Send(sent)
             assert isinstance(reply, Reply)
@@ -200,10 +201,10 @@ class BearerFlow:
             if not replayable():
                 yield _Reread(started, only_invalidate=True)  # the next request re-reads
                 return
-            fresh = yield _Reread(started)
-            if fresh is None or fresh.value == sent.value:  # type: ignore[attr-defined]
+            fresh = cast(Optional[Held], (yield _Reread(started)))
+            if fresh is None or fresh.value == sent.value:
                 return
-            sent = fresh  # type: ignore[assignment]
+            sent = fresh
             count_auth_retry(self.client)
         yield _Send(sent)
 
@@ -249,7 +250,7 @@ class Exchange:
             while not isinstance(command, _Send):
                 result = read_nowait(self._source) if isinstance(command, _Read) else None
                 if result is None:
-                    result = await to_thread(lambda command=command: self._run(command))  # type: ignore[misc]
+                    result = cast(Optional[Held], await to_thread(partial(self._run, command)))
                 command = self._steps.send(result)
         except StopIteration:
             return None

@@ -169,7 +169,9 @@ class TokenHook:
     [`CABundle`][sa_token.CABundle]), and each copy gets the current token written into its own ``api_key``.
     """
 
-    def __init__(self, source: TokenSource, ca: Optional[CABundle], keys: tuple[str, ...], client: str) -> None:
+    def __init__(
+        self, source: TokenSource, ca: Optional[CABundle], keys: tuple[str, ...], client: str
+    ) -> None:
         self.source = source
         self.ca = ca
         self.keys = keys

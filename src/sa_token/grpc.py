@@ -55,13 +55,16 @@ class _Plugin(grpc.AuthMetadataPlugin):  # type: ignore[misc]
     def __repr__(self) -> str:
         return f"sa_token.grpc call credentials ({self.flow!r})"
 
-    def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
+    def __call__(
+        self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
+    ) -> None:
         if not host_allowed(context.service_url, self.flow.hosts):
             callback((), None)
             return
         held = read_nowait(self.flow.source)
         if held is None:  # a file read is due: not on gRPC's thread, which may be an event loop
-            threading.Thread(target=self._read, args=(callback,), name="sa-token-grpc", daemon=True).start()
+            reader = threading.Thread(target=self._read, args=(callback,), name="sa-token-grpc", daemon=True)
+            reader.start()
             return
         callback(((_KEY, bearer(held)),), None)
 
@@ -74,7 +77,9 @@ class _Plugin(grpc.AuthMetadataPlugin):  # type: ignore[misc]
         callback(((_KEY, bearer(held)),), None)
 
 
-def call_credentials(source: TokenSource, *, hosts: Union[str, Iterable[str], None] = None) -> grpc.CallCredentials:
+def call_credentials(
+    source: TokenSource, *, hosts: Union[str, Iterable[str], None] = None
+) -> grpc.CallCredentials:
     """Call credentials sending ``authorization: Bearer <current token>`` with every call.
 
     Args:
@@ -82,7 +87,8 @@ def call_credentials(source: TokenSource, *, hosts: Union[str, Iterable[str], No
         hosts: send it only to these hosts (matched against the call's ``service_url``, an
             ``https://host:port/Service`` URL); default: every channel they are used on.
     """
-    return grpc.metadata_call_credentials(_Plugin(BearerFlow(source, hosts=hosts, client="grpc")), name="sa-token")
+    plugin = _Plugin(BearerFlow(source, hosts=hosts, client="grpc"))
+    return grpc.metadata_call_credentials(plugin, name="sa-token")
 
 
 def channel_credentials(
@@ -126,7 +132,9 @@ class _AioInterceptor(grpc_aio.UnaryUnaryClientInterceptor):  # type: ignore[mis
     def __init__(self, source: TokenSource) -> None:
         self.flow = BearerFlow(source, client="grpc")
 
-    async def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
         exchange = _exchange(self.flow, details)
         if exchange is None:
             return await continuation(details, request)

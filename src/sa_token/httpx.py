@@ -217,7 +217,8 @@ class CAReloadingTransport(_CAFollower[httpx.HTTPTransport], httpx.BaseTransport
 
 
 class AsyncCAReloadingTransport(_CAFollower[httpx.AsyncHTTPTransport], httpx.AsyncBaseTransport):
-    """[`CAReloadingTransport`][sa_token.httpx.CAReloadingTransport] for ``httpx.AsyncClient`` (an ``AsyncHTTPTransport`` inside).
+    """[`CAReloadingTransport`][sa_token.httpx.CAReloadingTransport] for ``httpx.AsyncClient``
+    (an ``AsyncHTTPTransport`` inside).
 
     The bundle is checked with a ``stat`` at most every ``CABundle.check_interval`` (inotify
     reports rotations in between), so the event loop is not held up by file I/O in practice.

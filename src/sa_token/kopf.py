@@ -52,7 +52,9 @@ from ._source import TokenSource
 from ._token import Token
 from .errors import TokenError
 
-__all__ = ["MAX_BACKOFF", "PRIORITY", "RECHECK", "LoginHandler", "NotInClusterError", "login", "login_handler"]
+__all__ = [
+    "MAX_BACKOFF", "PRIORITY", "RECHECK", "LoginHandler", "NotInClusterError", "login", "login_handler",
+]
 
 LoginFn = Callable[..., Awaitable["kopf.ConnectionInfo"]]
 
@@ -69,7 +71,7 @@ RECHECK = 30.0
 MAX_BACKOFF = 60.0
 
 
-class NotInClusterError(TokenError, kopf.LoginError):  # type: ignore[misc]
+class NotInClusterError(TokenError, kopf.LoginError):
     """Not running in a pod (the service environment variables or the ServiceAccount files are
     missing). Also a ``kopf.LoginError``."""
 
@@ -102,7 +104,7 @@ class LoginHandler:
         source = self._found.source if self._found is not None else self._args[4]
         return f"sa_token.kopf.LoginHandler({source!r})"
 
-    async def login(self, **kwargs: Any) -> kopf.ConnectionInfo:
+    async def login(self, **kwargs: Any) -> kopf.ConnectionInfo:  # noqa: ARG002 - kopf's logger, memo...
         started = time.time()
         found, tok, pem = await asyncio.to_thread(self._read, started)
         if self._last is not None and tok.value == self._last.value and started < self._last_until:
@@ -158,7 +160,11 @@ async def _rotation(source: TokenSource, timeout: float) -> None:
     """Return when the source sees a new token, or after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
-    unsubscribe = source.subscribe(lambda _: loop.call_soon_threadsafe(changed.set))
+
+    def wake(_: Token) -> None:  # in the source's thread
+        loop.call_soon_threadsafe(changed.set)
+
+    unsubscribe = source.subscribe(wake)
     try:
         await asyncio.wait_for(changed.wait(), timeout)
     except asyncio.TimeoutError:

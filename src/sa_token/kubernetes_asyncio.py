@@ -12,9 +12,10 @@ Compared with ``kubernetes_asyncio.config.load_incluster_config()``:
 * the token comes from a [`TokenSource`][sa_token.TokenSource] through ``refresh_api_key_hook``; the
   library's own hook re-reads the file with a blocking ``open()`` on the event loop once a
   minute, ours returns nothing while the token is cached and otherwise a coroutine that reads
-  in a worker thread ([`TokenSource.atoken`][sa_token.TokenSource.atoken]). The hook is shared by every deep copy of the
+  in a worker thread. The hook is shared by every deep copy of the
   configuration.
-* [`ApiClient`][sa_token.kubernetes_asyncio.ApiClient] retries a 401 once with a re-read token (its ``request`` method is the
+* [`ApiClient`][sa_token.kubernetes_asyncio.ApiClient] retries a 401 once with a re-read token
+  (its ``request`` method is the
   seam: it sees the headers and the ``ApiException`` the REST client raises), and follows CA
   rotations: ``kubernetes_asyncio``'s REST client builds ``ssl.create_default_context(cafile=)``
   once, so a rotated cluster CA otherwise fails every new connection until a restart. When the
@@ -169,9 +170,10 @@ class ApiClient(_client.ApiClient):
     ) -> Any:
         self._sa_check_ca()
         hook = self._sa_hook
-        transmit = super().request
+        ours = hook is not None and self.configuration.refresh_api_key_hook is hook
+        transmit: Any = super().request
         return await asend(
-            hook.flow if hook is not None and self.configuration.refresh_api_key_hook is hook else None,
+            hook.flow if hook is not None and ours else None,
             url, headers,
             lambda attempt: transmit(method, url, query_params, attempt, *args, **kwargs),
             _ApiException,

@@ -168,7 +168,7 @@ class ApiClient(_k8s_client.ApiClient):
             plain.pool_manager.clear()  # (kubernetes < 37 has no RESTClientObject.close)
 
 
-class _RESTClient(_k8s_rest.RESTClientObject):  # type: ignore[misc]
+class _RESTClient(_k8s_rest.RESTClientObject):
     """The REST client below our ``ApiClient``: every ``kubernetes`` version sends each request
     through its ``request`` method, with the headers as a dict (the seam for the exchange), and
     builds its urllib3 pools from ``connection_pool_kw`` (the seam for the CA)."""
@@ -184,7 +184,7 @@ class _RESTClient(_k8s_rest.RESTClientObject):  # type: ignore[misc]
 
     def request(self, method: str, url: str, *args: Any, headers: Any = None, **kwargs: Any) -> Any:
         self._sa_follow_ca()
-        transmit = super().request
+        transmit: Any = super().request
         return send(
             self._sa_flow, url, headers,
             lambda attempt: transmit(method, url, *args, headers=attempt, **kwargs), _ApiException,

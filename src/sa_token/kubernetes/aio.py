@@ -12,14 +12,16 @@ Same behaviour as `sa_token.kubernetes`, adapted to asyncio:
 * the ``refresh_api_key_hook`` returns nothing while the token is cached (no file I/O, no
   coroutine); when a re-read is due it returns a coroutine that reads the file in
   a worker thread (never on the event loop);
-* [`ApiClient`][sa_token.kubernetes.aio.ApiClient] retries a 401 once with a re-read token and follows CA rotations. The
-  stock ``kubernetes.aio`` REST client builds its ``SSLContext`` once, so without it a rotated
-  cluster CA fails every new connection until the process restarts. On a new valid ``ca.crt``
+* [`ApiClient`][sa_token.kubernetes.aio.ApiClient] retries a 401 once with a re-read token and
+  follows CA rotations. The stock ``kubernetes.aio`` REST client builds its ``SSLContext``
+  once, so without it a rotated cluster CA fails every new connection until the process
+  restarts. On a new valid ``ca.crt``
   the next request gets a new REST client (a new aiohttp session) built from the new PEM; the
   old one keeps serving requests already in flight (watches) and is closed with the
   ``ApiClient``.
 * ``set_default`` only installs the ``Configuration`` default: an ``ApiClient`` holds an aiohttp
-  session bound to one event loop, so create [`ApiClient`][sa_token.kubernetes.aio.ApiClient] yourself (``async with``).
+  session bound to one event loop, so create [`ApiClient`][sa_token.kubernetes.aio.ApiClient]
+  yourself (``async with``).
 
 Needs the ``kubernetes`` extra: ``pip install 'sa-token[kubernetes]'``.
 """
@@ -162,10 +164,13 @@ class ApiClient(_aio_client.ApiClient):
     ) -> Any:
         self._sa_check_ca()
         hook = self._sa_hook
-        transmit = super().call_api
+        ours = hook is not None and self.configuration.refresh_api_key_hook is hook
+        transmit: Any = super().call_api
         return await asend(
-            hook.flow if hook is not None and self.configuration.refresh_api_key_hook is hook else None,
+            hook.flow if hook is not None and ours else None,
             url, header_params,
-            lambda attempt: transmit(method, url, attempt, body, post_params, _request_timeout, *args, **kwargs),
+            lambda attempt: transmit(
+                method, url, attempt, body, post_params, _request_timeout, *args, **kwargs
+            ),
             _ApiException,
         )

@@ -49,7 +49,8 @@ def _resource_list(group_version: str, resources: dict[str, tuple[str, bool]]) -
         "apiVersion": "v1",
         "groupVersion": group_version,
         "resources": [
-            {"name": name, "singularName": kind.lower(), "namespaced": namespaced, "kind": kind, "verbs": VERBS}
+            {"name": name, "singularName": kind.lower(), "namespaced": namespaced, "kind": kind,
+             "verbs": VERBS}
             for name, (kind, namespaced) in resources.items()
         ],
     }
@@ -136,7 +137,8 @@ class ObjectStore:
         watch = params.get("watch", [""])[0].lower() in ("true", "1")  # kubernetes_asyncio sends "True"
         if method == "POST" and resource == "events" and namespace:
             record(201)
-            body = {"kind": "Event", "apiVersion": "v1", "metadata": {"name": "event", "namespace": namespace}}
+            body = {"kind": "Event", "apiVersion": "v1",
+                    "metadata": {"name": "event", "namespace": namespace}}
             handler._send_json(201, body)
             return True
         if method != "GET" or (resource == "pods" and namespace and not watch):
@@ -160,7 +162,9 @@ class ObjectStore:
         return {"kind": f"{kind}List", "apiVersion": api_version, "metadata": {"resourceVersion": str(rv)},
                 "items": items}
 
-    def _stream(self, handler: Any, resource: str, namespace: Optional[str], since: int, timeout: float) -> None:
+    def _stream(
+        self, handler: Any, resource: str, namespace: Optional[str], since: int, timeout: float
+    ) -> None:
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Transfer-Encoding", "chunked")
