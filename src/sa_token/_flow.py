@@ -176,20 +176,26 @@ class BearerFlow:
 
     def exchange(
         self,
-        url: str,
+        url: Optional[str],
         *,
         has_authorization: bool = False,
         replayable: Callable[[], bool] = lambda: True,
     ) -> Optional[Exchange]:
         """Start the exchange of one request, or return ``None`` when the request is not ours
-        (it has its own ``Authorization`` header, or goes to a host not in ``hosts``).
+        (it has its own ``Authorization`` header, or goes to a host not in ``hosts``). A ``url``
+        of ``None`` says the driver applied the hosts rule itself
+        ([`allows`][sa_token._flow.BearerFlow.allows]).
 
         ``replayable`` is asked only after a rejection: whether the body can be sent again
         (it may rewind the body, as requests' driver does).
         """
-        if has_authorization or not host_allowed(url, self.hosts):
+        if has_authorization or (url is not None and not host_allowed(url, self.hosts)):
             return None
         return Exchange(self.source, self._steps(time.time(), replayable))
+
+    def allows(self, scheme: str, host: Optional[str], port: Optional[int]) -> bool:
+        """The hosts rule for a URL already split into its parts (``port`` None: the default)."""
+        return self.hosts is None or _allowed(scheme, host, port, self.hosts)
 
     def _steps(self, started: float, replayable: Callable[[], bool]) -> Generator[Command, object, None]:
         sent = cast(Held, (yield _READ))
@@ -218,13 +224,18 @@ class BearerFlow:
 
 class Exchange:
     """The steps of one request's exchange, driven by [`step`][sa_token._flow.Exchange.step]
-    (synchronous clients) or [`astep`][sa_token._flow.Exchange.astep] (async clients)."""
+    (synchronous clients) or [`astep`][sa_token._flow.Exchange.astep] (async clients).
 
-    __slots__ = ("_source", "_steps")
+    An answer that is not a rejection ends the exchange: a driver may report it, or simply stop
+    (the fast path of the clients whose hooks cost per call).
+    """
+
+    __slots__ = ("_pending", "_source", "_steps")
 
     def __init__(self, source: TokenSource, steps: Generator[Command, object, None]) -> None:
         self._source = source
         self._steps = steps
+        self._pending: Optional[Command] = None  # a command start_nowait() could not run
 
     def __repr__(self) -> str:
         return f"<Exchange of {self._source!r}>"
@@ -241,12 +252,24 @@ class Exchange:
             return None
         return command.held
 
+    def start_nowait(self) -> Optional[Held]:
+        """The first step for an event loop, without a coroutine: the token when the source
+        answers from memory; ``None``: a file read is due, continue with ``await astep()``."""
+        command = self._steps.send(None)
+        held = read_nowait(self._source)
+        if held is None:
+            self._pending = command
+            return None
+        command = self._steps.send(held)
+        assert isinstance(command, _Send)
+        return command.held
+
     async def astep(self, reply: Optional[Reply] = None, *, to_thread: ToThread[object]) -> Optional[Held]:
         """[`step`][sa_token._flow.Exchange.step] for an event loop: a token answered from
         memory is taken at once; any file read or lock wait runs through ``to_thread`` (e.g.
         ``asyncio.to_thread``, ``anyio.to_thread.run_sync``)."""
         try:
-            command = self._steps.send(reply)
+            command, self._pending = self._pending or self._steps.send(reply), None
             while not isinstance(command, _Send):
                 result = read_nowait(self._source) if isinstance(command, _Read) else None
                 if result is None:
@@ -340,9 +363,14 @@ def host_allowed(url: str, allowed: Optional[frozenset[HostKey]]) -> bool:
         host, port = parts.hostname, parts.port
     except ValueError:  # an invalid port: not a host we were told about
         return False
+    return _allowed(parts.scheme, host, port, allowed)
+
+
+def _allowed(scheme: str, host: Optional[str], port: Optional[int], allowed: frozenset[HostKey]) -> bool:
     if not host:
         return False
-    default = DEFAULT_PORTS.get(parts.scheme.lower())
+    host = host.lower()
+    default = DEFAULT_PORTS.get(scheme.lower())
     if port is None or port == default:
         # No port, or the scheme's default: a bare entry matches, and so does "host:<default>".
         return (host, None) in allowed or (default is not None and (host, default) in allowed)

@@ -68,7 +68,7 @@ class TokenMiddleware:
 
     def __init__(self, source: TokenSource, *, hosts: Union[str, Iterable[str], None] = None) -> None:
         self.flow = BearerFlow(source, hosts=hosts, client="aiohttp")
-        self._origin: Optional[URL] = None
+        self._origin: Optional[tuple[str, Optional[str], Optional[int]]] = None
         self._lock = threading.Lock()
 
     @property
@@ -79,32 +79,37 @@ class TokenMiddleware:
         return f"sa_token.aiohttp.TokenMiddleware({self.flow!r})"
 
     async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        url = req.url
         exchange = None
-        if hdrs.AUTHORIZATION not in req.headers and self._pinned(req.url):
-            exchange = self.flow.exchange(str(req.url), replayable=lambda: _replayable(req))
+        if hdrs.AUTHORIZATION not in req.headers and self._allows(url):
+            exchange = self.flow.exchange(None, replayable=lambda: _replayable(req))
         if exchange is None:
             return await handler(req)
-        held = await exchange.astep(to_thread=asyncio.to_thread)
+        held = exchange.start_nowait() or await exchange.astep(to_thread=asyncio.to_thread)
         while True:
             assert held is not None
             req.headers[hdrs.AUTHORIZATION] = bearer(held)
             resp = await handler(req)
-            held = await exchange.astep(Reply(resp.status == UNAUTHORIZED), to_thread=asyncio.to_thread)
+            if resp.status != UNAUTHORIZED:
+                return resp  # the exchange ends here
+            held = await exchange.astep(Reply(True), to_thread=asyncio.to_thread)
             if held is None:
                 return resp
             resp.release()  # the 401's connection goes back to the pool
 
-    def _pinned(self, url: URL) -> bool:
-        """Without ``hosts``: whether ``url`` has the origin of the first request seen."""
+    def _allows(self, url: URL) -> bool:
+        """The hosts rule for this hop; without ``hosts``: the first request's origin only."""
+        port = url.explicit_port  # None: the scheme's default
         if self.flow.hosts is not None:
-            return True
-        origin = url.origin()
-        with self._lock:
-            if self._origin is None:
-                self._origin = origin
+            return self.flow.allows(url.scheme, url.host, port)
+        origin = (url.scheme, url.host, url.port)
+        if self._origin is None:
+            with self._lock:
+                if self._origin is None:
+                    self._origin = origin
         if origin != self._origin:
             log.debug("sa-token: no token for %s: this middleware sends it to %s only (give hosts=)",
-                      origin, self._origin)
+                      url.origin(), self._origin)
             return False
         return True
 

@@ -123,7 +123,9 @@ class _Interceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         held = exchange.step()  # the token current when the call starts: what the plugin sends
         while True:
             call = continuation(details, request)
-            held = exchange.step(Reply(call.code() == grpc.StatusCode.UNAUTHENTICATED))
+            if call.code() != grpc.StatusCode.UNAUTHENTICATED:
+                return call  # the exchange ends here
+            held = exchange.step(Reply(True))
             if held is None:
                 return call
 
@@ -141,8 +143,9 @@ class _AioInterceptor(grpc_aio.UnaryUnaryClientInterceptor):  # type: ignore[mis
         held = await exchange.astep(to_thread=asyncio.to_thread)
         while True:
             call = await continuation(details, request)
-            rejected = await call.code() == grpc.StatusCode.UNAUTHENTICATED
-            held = await exchange.astep(Reply(rejected), to_thread=asyncio.to_thread)
+            if await call.code() != grpc.StatusCode.UNAUTHENTICATED:
+                return call  # the exchange ends here
+            held = await exchange.astep(Reply(True), to_thread=asyncio.to_thread)
             if held is None:
                 return call
 
