@@ -49,6 +49,7 @@ def scenario_steps(cluster: Cluster, source: TokenSource, names: list[str]) -> l
     second = cluster.rotate()
     source.invalidate()  # what inotify or the timer does; this source watches neither
     cluster.server.objects.close_watches()
+    assert wait_for(lambda: cluster.server.objects.watches_served == 2)  # reconnected
     cluster.server.objects.put("pods", pod("p2"))
     assert wait_for(lambda: names == ["p1", "p2"])
     # 2. A rotation the source has not noticed, and a reconnect the server answers 401: the
@@ -56,6 +57,7 @@ def scenario_steps(cluster: Cluster, source: TokenSource, names: list[str]) -> l
     third = cluster.rotate()
     cluster.server.fail_next(1)
     cluster.server.objects.close_watches()
+    assert wait_for(lambda: cluster.server.objects.watches_served == 3)  # the 401, then the retry
     cluster.server.objects.put("pods", pod("p3"))
     assert wait_for(lambda: names == ["p1", "p2", "p3"])
     return [(200, first), (200, second), (401, second), (200, third)]

@@ -176,11 +176,13 @@ class ObjectStore:
         try:
             while True:
                 with self._cond:
+                    if generation != self._generation or self._closed:
+                        break  # ended from the server side: what comes next goes to the reconnect
                     events = [(rv, kind, obj) for rv, r, kind, obj in self._log
                               if rv > since and r == resource
                               and namespace in (None, obj["metadata"].get("namespace", ""))]
                     left = deadline - time.monotonic()
-                    if not events and generation == self._generation and not self._closed and left > 0:
+                    if not events and left > 0:
                         self._cond.wait(min(left, 1.0))
                         continue
                 for rv, kind, obj in events:
