@@ -6,8 +6,8 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import requests
