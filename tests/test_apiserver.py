@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import requests
@@ -206,3 +208,47 @@ def test_plain_http_and_close_ends_open_connections(token_issuer: TokenIssuer) -
     ):
         pass
     s.close()
+
+
+def test_discovery_lists_and_watch_streams(server: FakeAPIServer, ca_file: str, token_issuer: TokenIssuer) -> None:
+    """What the Kubernetes clients' watches and a kopf operator need: discovery, a list with a
+    resourceVersion, and a watch stream that delivers newer events, ends after timeoutSeconds,
+    and ends when the test closes it from the server side (the next stream gets what follows)."""
+    headers = bearer(token_issuer.issue(audiences=[AUD]))
+
+    def get(path: str, **kw: object) -> requests.Response:
+        return requests.get(f"{server.url}{path}", headers=headers, verify=ca_file, timeout=10, **kw)  # type: ignore[arg-type]
+
+    assert get("/api").json()["versions"] == ["v1"]
+    assert {r["name"] for r in get("/api/v1").json()["resources"]} >= {"pods", "configmaps", "events", "namespaces"}
+    assert get("/apis").json()["groups"][0]["name"] == "apiextensions.k8s.io"
+    assert get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions").json()["items"] == []
+    store = server.objects
+    first = store.put("configmaps", {"metadata": {"name": "a", "namespace": "ns"}})
+    listed = get("/api/v1/namespaces/ns/configmaps").json()
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["a"]
+    assert listed["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    # a stream from before "a": ADDED a, then (after timeoutSeconds) its end
+    started = time.monotonic()
+    lines = get("/api/v1/namespaces/ns/configmaps?watch=true&resourceVersion=1&timeoutSeconds=1").text.splitlines()
+    assert [(json.loads(x)["type"], json.loads(x)["object"]["metadata"]["name"]) for x in lines] == [("ADDED", "a")]
+    assert 0.9 < time.monotonic() - started < 5
+    # a stream ended from the server side, then a change: the next stream (from the last rv) has it
+    with get(f"/api/v1/namespaces/ns/configmaps?watch=1&resourceVersion={listed['metadata']['resourceVersion']}",
+             stream=True) as r:
+        assert wait_until(lambda: store.watches_served == 2)
+        store.close_watches()
+        assert list(r.iter_lines()) == []
+    store.put("configmaps", {"metadata": {"name": "a", "namespace": "ns"}, "data": {"k": "v"}})
+    lines = get("/api/v1/namespaces/ns/configmaps?watch=true&resourceVersion=2&timeoutSeconds=0.2").text.splitlines()
+    assert [json.loads(x)["type"] for x in lines] == ["MODIFIED"]
+    assert server.requests[-1].token_jti is not None and all(r.authorized for r in server.requests)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()

@@ -1,9 +1,12 @@
 """One compliance suite for the HTTP-client integrations (google-auth's ``compliance.py`` shape).
 
-:class:`AuthCompliance` holds every test; each adapter subclasses it with a single factory,
-:meth:`AuthCompliance.make_client`: ``sa_token.requests.TokenAuth`` on a ``requests.Session``,
-``sa_token.httpx.TokenAuth`` on ``httpx.Client`` and on ``httpx.AsyncClient`` (driven on its own
-event loop). Every test talks HTTPS to a real ``FakeAPIServer`` on 127.0.0.1 that verifies the
+``TestAuthCompliance`` holds every test, parametrised over every driver of the exchange
+(``driver`` fixture): ``sa_token.requests.TokenAuth`` on a ``requests.Session``,
+``sa_token.httpx.TokenAuth`` on ``httpx.Client`` and on ``httpx.AsyncClient``,
+``sa_token.aiohttp.TokenMiddleware`` on an ``aiohttp.ClientSession``, and the ``ApiClient`` of
+``sa_token.kubernetes``, ``sa_token.kubernetes.aio`` and ``sa_token.kubernetes_asyncio`` (the async
+clients each on an event loop of its own). A rule that does not apply to a client (``hosts=`` for
+the Kubernetes clients, which talk to one API server) is skipped for it by name. Every test talks HTTPS to a real ``FakeAPIServer`` on 127.0.0.1 that verifies the
 RS256 signature, ``aud`` and ``exp`` of each token, with tokens written by ``Kubelet`` through a
 real ``ProjectedVolume`` (``..data`` swap). Adapter-specific cases (seekable bodies, threads,
 the event loop) follow the suite; CA rotation is in ``test_auth_ca.py``.
@@ -21,17 +24,21 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
+import aiohttp
 import httpx
 import jwt
 import pytest
 import requests
 
+import sa_token.aiohttp
 import sa_token.httpx
+import sa_token.kubernetes
 import sa_token.requests
 from conftest import OPEN_THREADS as _OPEN_THREADS
 from conftest import wait_for
 from sa_token import TokenSource
-from sa_token._auth import MAX_401_RETRIES, host_allowed, parse_hosts
+from sa_token._flow import MAX_401_RETRIES, host_allowed, parse_hosts
+from sa_token._observe import auth_retries
 from sa_token.testing import Kubelet
 from sa_token.testing.apiserver import FakeAPIServer
 
@@ -135,18 +142,42 @@ def served(server: FakeAPIServer, path: str = "/echo") -> list[tuple[int, Option
 
 
 # ------------------------------------------------------------------------------ the suite ----
-class AuthCompliance:
-    """The rules every adapter must follow (see :mod:`sa_token._auth`)."""
+class Driver(NamedTuple):
+    """One integration under the suite: how to make a client, and which rules apply to it."""
 
-    def make_client(self, source: TokenSource, *, ca_file: str, hosts: Optional[list[str]] = None) -> Client:
-        raise NotImplementedError
+    name: str
+    make: Callable[..., Client]  # (source, *, ca_file, hosts, server) -> Client
+    features: frozenset[str]  # of ALL_FEATURES
+    redirect_hops_follow_hosts: bool = False  # aiohttp runs the middleware per redirect hop
+
+    def needs(self, feature: str) -> None:
+        if feature not in self.features:
+            pytest.skip(f"{self.name}: not applicable ({feature})")
+
+
+# hosts=, redirects, a caller's own Authorization header, a one-shot body, a repr of the auth
+ALL_FEATURES = frozenset({"hosts", "redirects", "own_header", "streaming", "repr"})
+DRIVERS: list[Driver] = []  # filled below the adapters
+
+
+@pytest.fixture(params=[pytest.param(i, id=name) for i, name in enumerate(
+    ["requests", "httpx", "httpx-async", "aiohttp", "kubernetes", "kubernetes.aio", "kubernetes_asyncio"])])
+def driver(request: pytest.FixtureRequest) -> Driver:
+    d = DRIVERS[request.param]
+    if d.name.startswith("kubernetes"):
+        pytest.importorskip(f"{d.name}.client")
+    return d
+
+
+class TestAuthCompliance:
+    """The rules every driver must follow (see `sa_token._flow`), for every driver."""
 
     @pytest.fixture
-    def client_for(self, ca_file: str) -> Iterator[Callable[..., Client]]:
+    def client_for(self, ca_file: str, driver: Driver, server: FakeAPIServer) -> Iterator[Callable[..., Client]]:
         made: list[Client] = []
 
         def make(source: TokenSource, hosts: Optional[list[str]] = None) -> Client:
-            c = self.make_client(source, ca_file=ca_file, hosts=hosts)
+            c = driver.make(source, ca_file=ca_file, hosts=hosts, server=server)
             made.append(c)
             return c
 
@@ -209,9 +240,10 @@ class AuthCompliance:
         assert opens.count == 1  # the 401 made it look at the file once: same token, no retry
 
     def test_a_callers_authorization_header_is_left_alone(
-        self, server: FakeAPIServer, kubelet: Kubelet, lagging_source: TokenSource, count_opens: Any,
-        client_for: Callable[..., Client]
+        self, *, server: FakeAPIServer, kubelet: Kubelet, lagging_source: TokenSource, count_opens: Any,
+        client_for: Callable[..., Client], driver: Driver
     ) -> None:
+        driver.needs("own_header")
         own = kubelet.issuer.issue(audiences=[AUDIENCE])
         kubelet.rotate()  # a new token the auth could retry with, if it (wrongly) tried
         client = client_for(lagging_source)
@@ -225,9 +257,10 @@ class AuthCompliance:
         assert opens.count == 0  # our source was not even consulted
 
     def test_hosts_limits_the_token_to_the_named_host_and_port(
-        self, server: FakeAPIServer, other_server: FakeAPIServer, kubelet: Kubelet, lagging_source: TokenSource,
-        client_for: Callable[..., Client]
+        self, *, server: FakeAPIServer, other_server: FakeAPIServer, kubelet: Kubelet, lagging_source: TokenSource,
+        client_for: Callable[..., Client], driver: Driver
     ) -> None:
+        driver.needs("hosts")
         client = client_for(lagging_source, hosts=[f"127.0.0.1:{server.port}"])
         assert client.get(f"{server.url}/echo").status == 200
         # Same IP, another port: another service; it must not see the token, and its 401 (no
@@ -242,9 +275,10 @@ class AuthCompliance:
         assert served(server)[-1] == (401, None, None)
 
     def test_a_redirect_to_another_host_carries_no_token(
-        self, server: FakeAPIServer, other_server: FakeAPIServer, kubelet: Kubelet,
-        lagging_source: TokenSource, client_for: Callable[..., Client]
+        self, *, server: FakeAPIServer, other_server: FakeAPIServer, kubelet: Kubelet,
+        lagging_source: TokenSource, client_for: Callable[..., Client], driver: Driver
     ) -> None:
+        driver.needs("redirects")
         # "localhost" is another host name (and port) for the client, even on the same machine.
         target = f"https://localhost:{other_server.port}/echo"
         for hosts in (None, [f"127.0.0.1:{server.port}", f"localhost:{other_server.port}"]):
@@ -252,6 +286,10 @@ class AuthCompliance:
             client = client_for(lagging_source, hosts=hosts)
             kubelet.rotate()  # a fresh token is available: a wrong 401 retry would send it
             reply = client.get(f"{server.url}/redirect?to={target}")
+            if hosts is not None and driver.redirect_hops_follow_hosts:
+                # aiohttp runs the middleware for every hop: a host listed in hosts= gets it
+                assert served(other_server)[0][:2] == (200, "Bearer"), hosts
+                continue
             assert reply.status == 401  # other_server wants a token and got none
             assert served(other_server) == [(401, None, None)], hosts
             # A redirect within the same origin keeps it.
@@ -261,8 +299,9 @@ class AuthCompliance:
 
     def test_a_streaming_body_is_not_replayed_the_401_is_returned(
         self, server: FakeAPIServer, kubelet: Kubelet, lagging_source: TokenSource,
-        client_for: Callable[..., Client]
+        client_for: Callable[..., Client], driver: Driver
     ) -> None:
+        driver.needs("streaming")
         client = client_for(lagging_source)
         new = kubelet.rotate()
         server.fail_next(1)
@@ -304,10 +343,11 @@ class AuthCompliance:
         assert all(status == 200 for status, _, _ in served(server))
 
     def test_repr_never_shows_the_token(self, kubelet: Kubelet, source: TokenSource,
-                                        client_for: Callable[..., Client]) -> None:
+                                        client_for: Callable[..., Client], driver: Driver) -> None:
+        driver.needs("repr")
         text = repr(client_for(source, hosts=["API.example:6443", "[fd00::1]"]).auth)
         assert kubelet.current and kubelet.current not in text
-        assert "TokenAuth(" in text and "'api.example:6443'" in text and "'[fd00::1]'" in text
+        assert ("TokenAuth(" in text or "TokenMiddleware(" in text) and "'api.example:6443'" in text and "'[fd00::1]'" in text
 
 
 # ------------------------------------------------------------------------------ adapters -----
@@ -336,11 +376,6 @@ class RequestsClient(Client):
         self.session.close()
 
 
-class TestRequests(AuthCompliance):
-    def make_client(self, source: TokenSource, *, ca_file: str, hosts: Optional[list[str]] = None) -> Client:
-        return RequestsClient(sa_token.requests.TokenAuth(source, hosts=hosts), ca_file)
-
-
 def _httpx_reply(r: httpx.Response) -> Reply:
     return Reply(r.status_code, [h.status_code for h in r.history if h.status_code == 401], _json(r.content))
 
@@ -362,11 +397,6 @@ class HttpxClient(Client):
 
     def close(self) -> None:
         self.client.close()
-
-
-class TestHttpx(AuthCompliance):
-    def make_client(self, source: TokenSource, *, ca_file: str, hosts: Optional[list[str]] = None) -> Client:
-        return HttpxClient(sa_token.httpx.TokenAuth(source, hosts=hosts), ca_file)
 
 
 class AsyncHttpxClient(Client):
@@ -400,9 +430,163 @@ class AsyncHttpxClient(Client):
         self.loop.close()
 
 
-class TestAsyncHttpx(AuthCompliance):
-    def make_client(self, source: TokenSource, *, ca_file: str, hosts: Optional[list[str]] = None) -> Client:
-        return AsyncHttpxClient(sa_token.httpx.TokenAuth(source, hosts=hosts), ca_file)
+class AiohttpClient(Client):
+    """An ``aiohttp.ClientSession`` with the middleware, on an event loop of its own. aiohttp
+    keeps only redirects in ``history``: a retried 401 shows in the retry counter instead."""
+
+    def __init__(self, auth: sa_token.aiohttp.TokenMiddleware, ca_file: str) -> None:
+        self.auth = auth
+        self.loop = asyncio.new_event_loop()
+        ctx = ssl.create_default_context(cafile=ca_file)
+
+        async def make() -> aiohttp.ClientSession:
+            return aiohttp.ClientSession(middlewares=(auth,), connector=aiohttp.TCPConnector(ssl=ctx))
+
+        self.session = self.loop.run_until_complete(make())
+
+    def _run(self, method: str, url: str, **kwargs: Any) -> Reply:
+        async def go() -> tuple[int, bytes]:
+            async with self.session.request(method, url, timeout=aiohttp.ClientTimeout(total=10), **kwargs) as r:
+                return r.status, await r.read()
+
+        return _counted("aiohttp", lambda: self.loop.run_until_complete(go()))
+
+    def get(self, url: str, *, headers: Optional[dict[str, str]] = None) -> Reply:
+        return self._run("GET", url, headers=headers)
+
+    def post(self, url: str, body: bytes) -> Reply:
+        return self._run("POST", url, data=body)
+
+    def post_stream(self, url: str, chunks: list[bytes]) -> Reply:
+        async def gen() -> AsyncIterator[bytes]:
+            for c in chunks:
+                yield c
+
+        return self._run("POST", url, data=gen())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.session.close())
+        self.loop.close()
+
+
+def _counted(client: str, send: Callable[[], tuple[int, bytes]]) -> Reply:
+    """Send; the 401s retried meanwhile (the retry counter's increase) are the history."""
+    before = auth_retries().get(client, 0)
+    status, content = send()
+    return Reply(status, [401] * (auth_retries().get(client, 0) - before), _json(content))
+
+
+def _k8s_conf(lib: str, source: TokenSource, ca_file: str, server: FakeAPIServer) -> Any:
+    module = {"kubernetes": sa_token.kubernetes, "kubernetes.aio": None, "kubernetes_asyncio": None}[lib]
+    if module is None:
+        import importlib
+
+        module = importlib.import_module("sa_token.kubernetes.aio" if lib == "kubernetes.aio" else "sa_token.kubernetes_asyncio")
+    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(server.port)}
+    return module, module.load_incluster_config(source=source, ca_path=ca_file, environ=env, set_default=False,
+                                                namespace_path=None)
+
+
+class KubernetesClient(Client):
+    """Raw requests through ``sa_token.kubernetes.ApiClient`` (both generator styles: kubernetes
+    >= 37 serializes with ``param_serialize`` and answers every status; older versions raise
+    ``ApiException`` for a non-2xx answer). The API server is the only host: no hosts=,
+    redirects, own header or one-shot body here."""
+
+    def __init__(self, source: TokenSource, ca_file: str, server: FakeAPIServer) -> None:
+        module, conf = _k8s_conf("kubernetes", source, ca_file, server)
+        self.api = module.ApiClient(conf)
+        self.auth = conf.refresh_api_key_hook
+        self.base = server.url
+
+    def _send(self, method: str, url: str, body: Optional[bytes] = None) -> tuple[int, bytes]:
+        from kubernetes.client.exceptions import ApiException
+
+        path = url[len(self.base):]
+        headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
+        api = self.api
+        try:
+            if hasattr(api, "param_serialize"):
+                r = api.call_api(*api.param_serialize(method, path, header_params=headers, body=body,
+                                                      auth_settings=["BearerToken"]), _request_timeout=10)
+                return r.status, r.read()
+            r = api.call_api(path, method, header_params=headers, body=body, auth_settings=["BearerToken"],
+                             _preload_content=False, _return_http_data_only=True, _request_timeout=10)
+            return r.status, r.data
+        except ApiException as exc:
+            return exc.status, exc.body if isinstance(exc.body, bytes) else (exc.body or "").encode()
+
+    def get(self, url: str, *, headers: Optional[dict[str, str]] = None) -> Reply:
+        return _counted("kubernetes", lambda: self._send("GET", url))
+
+    def post(self, url: str, body: bytes) -> Reply:
+        return _counted("kubernetes", lambda: self._send("POST", url, body))
+
+    def close(self) -> None:
+        self.api.close()
+
+
+class AsyncKubernetesClient(Client):
+    """The same through ``sa_token.kubernetes.aio.ApiClient`` or
+    ``sa_token.kubernetes_asyncio.ApiClient``, on an event loop of its own."""
+
+    def __init__(self, lib: str, source: TokenSource, ca_file: str, server: FakeAPIServer) -> None:
+        import importlib
+
+        self.lib = lib
+        self.exc = importlib.import_module(f"{lib}.client.exceptions").ApiException
+        module, conf = _k8s_conf(lib, source, ca_file, server)
+        self.auth = conf.refresh_api_key_hook
+        self.base = server.url
+        self.loop = asyncio.new_event_loop()
+
+        async def make() -> Any:
+            return module.ApiClient(conf)
+
+        self.api = self.loop.run_until_complete(make())
+
+    async def _send(self, method: str, url: str, body: Optional[bytes] = None) -> tuple[int, bytes]:
+        path = url[len(self.base):]
+        headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
+        api = self.api
+        try:
+            if hasattr(api, "param_serialize"):
+                params = await api.param_serialize(method, path, header_params=headers, body=body,
+                                                   auth_settings=["BearerToken"])  # async: it runs the hook
+                r = await api.call_api(*params, _request_timeout=10)
+                return r.status, await r.read()
+            r = await api.call_api(path, method, header_params=headers, body=body, auth_settings=["BearerToken"],
+                                   _preload_content=False, _return_http_data_only=True, _request_timeout=10)
+            return r.status, await r.read()
+        except self.exc as exc:
+            return exc.status, exc.body if isinstance(exc.body, bytes) else (exc.body or "").encode()
+
+    def get(self, url: str, *, headers: Optional[dict[str, str]] = None) -> Reply:
+        return _counted(self.lib, lambda: self.loop.run_until_complete(self._send("GET", url)))
+
+    def post(self, url: str, body: bytes) -> Reply:
+        return _counted(self.lib, lambda: self.loop.run_until_complete(self._send("POST", url, body)))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.api.close())
+        self.loop.close()
+
+
+DRIVERS.extend([
+    Driver("requests", lambda src, ca_file, hosts, server: RequestsClient(
+        sa_token.requests.TokenAuth(src, hosts=hosts), ca_file), ALL_FEATURES),
+    Driver("httpx", lambda src, ca_file, hosts, server: HttpxClient(
+        sa_token.httpx.TokenAuth(src, hosts=hosts), ca_file), ALL_FEATURES),
+    Driver("httpx-async", lambda src, ca_file, hosts, server: AsyncHttpxClient(
+        sa_token.httpx.TokenAuth(src, hosts=hosts), ca_file), ALL_FEATURES),
+    Driver("aiohttp", lambda src, ca_file, hosts, server: AiohttpClient(
+        sa_token.aiohttp.TokenMiddleware(src, hosts=hosts), ca_file), ALL_FEATURES, redirect_hops_follow_hosts=True),
+    Driver("kubernetes", lambda src, ca_file, hosts, server: KubernetesClient(src, ca_file, server), frozenset()),
+    Driver("kubernetes.aio", lambda src, ca_file, hosts, server: AsyncKubernetesClient(
+        "kubernetes.aio", src, ca_file, server), frozenset()),
+    Driver("kubernetes_asyncio", lambda src, ca_file, hosts, server: AsyncKubernetesClient(
+        "kubernetes_asyncio", src, ca_file, server), frozenset()),
+])
 
 
 # ------------------------------------------------------------------------------ shared rules -

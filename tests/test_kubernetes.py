@@ -16,6 +16,7 @@ from kubernetes.config.config_exception import ConfigException
 from _k8s_env import Cluster, make_cluster
 from conftest import wait_for
 from sa_token import TokenError, TokenFileError, TokenSource
+from sa_token._observe import auth_retries
 from sa_token.kubernetes import ApiClient, NotInClusterError, load_incluster_config, read_namespace
 from sa_token.testing import TokenIssuer
 
@@ -28,23 +29,29 @@ def cluster(tmp_path: Path, token_issuer: TokenIssuer, monkeypatch: pytest.Monke
 @pytest.fixture(autouse=True)
 def restore_defaults() -> Iterator[None]:
     """load_incluster_config() sets the kubernetes defaults: put the previous ones back."""
-    conf, client = k8s.Configuration._default, k8s.ApiClient._default
+    conf, client = k8s.Configuration._default, getattr(k8s.ApiClient, "_default", None)
     yield
-    if k8s.ApiClient._default is not client and k8s.ApiClient._default is not None:
-        k8s.ApiClient._default.close()
-    k8s.Configuration._default, k8s.ApiClient._default = conf, client
+    if hasattr(k8s.ApiClient, "set_default"):  # kubernetes >= 37
+        if k8s.ApiClient._default is not client and k8s.ApiClient._default is not None:
+            k8s.ApiClient._default.close()
+        k8s.ApiClient._default = client
+    k8s.Configuration._default = conf
 
 
 def hook_of(conf: k8s.Configuration) -> object:
     return conf.refresh_api_key_hook
 
 
-def test_three_rotations_reach_every_client(cluster: Cluster) -> None:
+def test_three_rotations_reach_every_client(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
     conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path)
     source: TokenSource = conf.refresh_api_key_hook.source
     assert conf.host == f"https://127.0.0.1:{cluster.server.port}"
-    assert isinstance(k8s.ApiClient.get_default(), ApiClient)
-    v1 = k8s.CoreV1Api()  # the default ApiClient set by load_incluster_config
+    if hasattr(k8s.ApiClient, "set_default"):  # kubernetes >= 37
+        assert isinstance(k8s.ApiClient.get_default(), ApiClient)
+        v1 = k8s.CoreV1Api()  # the default ApiClient set by load_incluster_config
+    else:  # no default ApiClient to install: said out loud, not lost silently
+        assert "has no default ApiClient" in caplog.text
+        v1 = k8s.CoreV1Api(ApiClient())
     plain = k8s.ApiClient()  # a plain client over a deep copy of the default configuration
     try:
         for _ in range(3):
@@ -80,12 +87,13 @@ def test_ca_rotation_new_connections_verify_with_the_new_ca(cluster: Cluster) ->
     with ApiClient(conf) as api:
         v1 = k8s.CoreV1Api(api)
         v1.list_namespaced_pod("team-a")
-        old_rest = api.rest_client
+        old_ctx = api.rest_client.pool_manager.connection_pool_kw["ssl_context"]
         new_pem = cluster.rotate_ca()
         assert wait_for(lambda: ca.generation == 2)
         assert ca.pem == new_pem
         v1.list_namespaced_pod("team-a")
-        assert api.rest_client is not old_rest  # a new pool, built from the new PEM
+        # new pools verify with the new bundle's context (and the old pools were dropped)
+        assert api.rest_client.pool_manager.connection_pool_kw["ssl_context"] is ca.ssl_context() is not old_ctx
         api.rest_client.pool_manager.clear()  # so the next request must open a new connection
         v1.list_namespaced_pod("team-a")
         assert cluster.server.requests[-1].status == 200
@@ -108,22 +116,33 @@ def test_garbage_ca_file_keeps_the_old_ca_for_new_connections(cluster: Cluster) 
 
 
 def test_401_is_retried_once_with_a_re_read_token(cluster: Cluster) -> None:
-    conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False)
-    source = conf.refresh_api_key_hook.source
+    conf = load_incluster_config(
+        token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False,
+        source=TokenSource(cluster.token_path, watch=False),  # no inotify: only the 401 notices
+    )
+    retries = auth_retries().get("kubernetes", 0)
     with ApiClient(conf) as api:
         v1 = k8s.CoreV1Api(api)
-        read_at = source.read_at
+        new = cluster.rotate()
         cluster.server.clear()
         cluster.server.fail_next(1)
         assert len(v1.list_namespaced_pod("team-a").items) == 2
         assert [(r.status, r.error) for r in cluster.server.requests] == [(401, "forced"), (200, None)]
-        assert source.read_at > read_at  # the 401 made the source re-read the file
+        assert cluster.server.requests[-1].token_jti == new
+        assert auth_retries()["kubernetes"] == retries + 1
+        cluster.rotate()
         cluster.server.clear()
         cluster.server.fail_next(2)
         with pytest.raises(ApiException) as info:
             k8s.VersionApi(api).get_code()
         assert info.value.status == 401
         assert len(cluster.server.requests) == 2  # one retry, not more
+        # the file has no newer token: the 401 is the answer, nothing is sent again
+        cluster.server.clear()
+        cluster.server.fail_next(1)
+        with pytest.raises(ApiException):
+            k8s.VersionApi(api).get_code()
+        assert len(cluster.server.requests) == 1
 
 
 def test_401_retry_sends_a_token_rotated_meanwhile(cluster: Cluster) -> None:
@@ -203,3 +222,21 @@ def test_namespace_path_sets_configuration_namespace(cluster: Cluster) -> None:
         load_incluster_config(
             token_path=cluster.token_path, ca_path=cluster.ca_path, namespace_path=bad, set_default=False
         )
+
+
+def test_namespace_is_read_next_to_a_custom_token(cluster: Cluster, tmp_path: Path) -> None:
+    """The README's snippet with a projected volume of its own: the namespace file next to the
+    token is found (the kube-api-access path does not exist here); an explicit path still wins."""
+    assert cluster.volume.path("namespace").exists()  # the kubelet wrote "team-a" beside the token
+    conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False)
+    assert conf.namespace == "team-a"
+    other = tmp_path / "other-namespace"
+    other.write_text("team-b\n")
+    conf = load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False,
+                                 namespace_path=other)
+    assert conf.namespace == "team-b"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "token").write_text(cluster.kubelet.current or "")
+    conf = load_incluster_config(token_path=bare / "token", ca_path=cluster.ca_path, set_default=False)
+    assert conf.namespace is None  # nothing beside it, and no kube-api-access volume on this machine

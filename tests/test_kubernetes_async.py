@@ -122,23 +122,30 @@ async def test_ca_rotation_builds_a_new_session_with_the_new_ca(lib: Lib, cluste
 
 
 @pytest.mark.asyncio
-async def test_401_is_retried_once(lib: Lib, cluster: Cluster) -> None:
-    conf = lib.load_incluster_config(token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False)
-    source = conf.refresh_api_key_hook.source
+async def test_401_is_retried_once_with_a_re_read_token(lib: Lib, cluster: Cluster) -> None:
+    conf = lib.load_incluster_config(
+        token_path=cluster.token_path, ca_path=cluster.ca_path, set_default=False,
+        source=TokenSource(cluster.token_path, watch=False),  # no inotify: only the 401 notices
+    )
     async with lib.ApiClient(conf) as api:
-        read_at = source.read_at
+        new = cluster.rotate()
         cluster.server.clear()
         cluster.server.fail_next(1)
         pods = await lib.client.CoreV1Api(api).list_namespaced_pod("team-a")
         assert len(pods.items) == 2
-        assert [r.status for r in cluster.server.requests] == [401, 200]
-        assert source.read_at > read_at
+        assert [(r.status, r.token_jti == new) for r in cluster.server.requests] == [(401, False), (200, True)]
+        cluster.rotate()
         cluster.server.clear()
         cluster.server.fail_next(2)
         with pytest.raises(lib.client.ApiException) as info:
             await lib.client.VersionApi(api).get_code()
         assert info.value.status == 401
-        assert len(cluster.server.requests) == 2
+        assert len(cluster.server.requests) == 2  # one retry, not more
+        cluster.server.clear()
+        cluster.server.fail_next(1)  # no newer token in the file: the 401 stands
+        with pytest.raises(lib.client.ApiException):
+            await lib.client.VersionApi(api).get_code()
+        assert len(cluster.server.requests) == 1
 
 
 def test_out_of_cluster_and_ipv6(lib: Lib, cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:

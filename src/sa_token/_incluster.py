@@ -1,15 +1,18 @@
-"""What the Kubernetes client integrations share: in-cluster discovery, the namespace file, and
-the ``refresh_api_key_hook`` objects. No client library is imported here."""
+"""What the Kubernetes client integrations share: in-cluster discovery, the namespace file, the
+``refresh_api_key_hook`` objects, and the drivers of the bearer-token exchange (`sa_token._flow`)
+for their REST clients. No client library is imported here."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import re
 from collections.abc import Awaitable, Mapping
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from ._ca import DEFAULT_CA_PATH, CABundle
+from ._flow import BearerFlow, Held, Reply, bearer, read_nowait, scrubbed
 from ._source import DEFAULT_TOKEN_PATH, TokenSource
 from .errors import TokenFileError
 
@@ -17,15 +20,18 @@ __all__ = [
     "DEFAULT_CA_PATH",
     "DEFAULT_NAMESPACE_PATH",
     "DEFAULT_TOKEN_PATH",
+    "NAMESPACE_NEXT_TO_TOKEN",
     "SERVICE_HOST_ENV",
     "SERVICE_PORT_ENV",
     "AsyncTokenHook",
     "InCluster",
     "TokenHook",
+    "asend",
     "join_host_port",
     "not_in_cluster_reason",
     "read_namespace",
     "resolve",
+    "send",
     "service_url",
 ]
 
@@ -33,6 +39,12 @@ SERVICE_HOST_ENV = "KUBERNETES_SERVICE_HOST"
 SERVICE_PORT_ENV = "KUBERNETES_SERVICE_PORT"
 # The namespace file of the kube-api-access volume, next to the token and ca.crt.
 DEFAULT_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# namespace_path's default: the `namespace` file next to the token (a projected volume with a
+# downwardAPI item carries one), else the kube-api-access volume's.
+NAMESPACE_NEXT_TO_TOKEN = "<next to the token>"
+# The header the Kubernetes REST clients carry the token in (their auth settings' key).
+_AUTHORIZATION = "authorization"
+R = TypeVar("R")
 # A namespace name is a DNS-1123 label: at most 63 lowercase alphanumerics or '-'.
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # The namespace file holds one short name; anything larger is not a namespace file.
@@ -85,8 +97,10 @@ def resolve(  # noqa: PLR0917 - internal, called the same way by three modules
 
     Raises ``not_in_cluster`` (a ``TokenError`` and the client's ``ConfigException``) when the
     service environment variables or the ServiceAccount files are missing, and the
-    :mod:`sa_token.errors` types for files that exist but cannot be used. ``namespace`` is None
-    when the namespace file does not exist (custom volumes often omit it).
+    `sa_token.errors` types for files that exist but cannot be used. ``namespace`` is None
+    when the namespace file does not exist (custom volumes often omit it);
+    `NAMESPACE_NEXT_TO_TOKEN` looks for it beside the token first, then in the kube-api-access
+    volume.
     """
     env = os.environ if environ is None else environ
     reason = not_in_cluster_reason(env)
@@ -105,6 +119,9 @@ def resolve(  # noqa: PLR0917 - internal, called the same way by three modules
             raise not_in_cluster(str(exc), path=exc.path) from exc  # type: ignore[call-arg]
         raise
     namespace = None
+    if namespace_path == NAMESPACE_NEXT_TO_TOKEN:
+        beside = os.path.join(os.path.dirname(source.path), "namespace")
+        namespace_path = beside if os.path.lexists(beside) else DEFAULT_NAMESPACE_PATH
     if namespace_path is not None and os.path.lexists(namespace_path):
         namespace = read_namespace(namespace_path)
     return InCluster(service_url(env), source, ca, namespace)
@@ -119,7 +136,7 @@ def service_url(environ: Mapping[str, str]) -> str:
 def read_namespace(path: Union[str, os.PathLike[str]] = DEFAULT_NAMESPACE_PATH) -> str:
     """The pod's namespace from the ServiceAccount volume's ``namespace`` file.
 
-    Raises :class:`~sa_token.TokenFileError` naming the file when it is missing, unreadable,
+    Raises [`TokenFileError`][sa_token.TokenFileError] naming the file when it is missing, unreadable,
     empty or does not hold a namespace name."""
     p = os.fspath(path)
     try:
@@ -148,17 +165,20 @@ class TokenHook:
     configuration it is called with, before each request.
 
     ``Configuration`` objects are deep-copied (``get_default_copy``, ``set_default``); the hook
-    returns itself from ``__deepcopy__``, so every copy shares one :class:`TokenSource` (and
-    :class:`CABundle`), and each copy gets the current token written into its own ``api_key``.
+    returns itself from ``__deepcopy__``, so every copy shares one [`TokenSource`][sa_token.TokenSource] (and
+    [`CABundle`][sa_token.CABundle]), and each copy gets the current token written into its own ``api_key``.
     """
 
-    def __init__(self, source: TokenSource, ca: Optional[CABundle], keys: tuple[str, ...]) -> None:
+    def __init__(
+        self, source: TokenSource, ca: Optional[CABundle], keys: tuple[str, ...], client: str
+    ) -> None:
         self.source = source
         self.ca = ca
         self.keys = keys
+        self.flow = BearerFlow(source, client=client)
 
     def header(self) -> str:
-        return "Bearer " + self.source.token()
+        return bearer(self.source.current())
 
     def _set(self, configuration: Any, value: str) -> None:
         api_key = configuration.api_key
@@ -185,14 +205,113 @@ class AsyncTokenHook(TokenHook):
     coroutine (and no await) while the token is cached; a file read runs in a worker thread."""
 
     def __call__(self, configuration: Any) -> Optional[Awaitable[None]]:
-        value = self.source.token_nowait()
-        if value is not None:
-            self._set(configuration, "Bearer " + value)
+        held = read_nowait(self.source)
+        if held is not None:
+            self._set(configuration, bearer(held))
             return None
         return self._slow(configuration)
 
     async def _slow(self, configuration: Any) -> None:
-        self._set(configuration, "Bearer " + await self.source.atoken())
+        self._set(configuration, bearer(await asyncio.to_thread(self.source.current)))
 
-    async def aheader(self) -> str:
-        return "Bearer " + await self.source.atoken()
+
+# ----------------------------------------------------------------------- the REST clients ----
+def _rejected(exc: BaseException, api_exception: type[BaseException]) -> bool:
+    return isinstance(exc, api_exception) and getattr(exc, "status", None) == 401
+
+
+def send(
+    flow: Optional[BearerFlow],
+    url: str,
+    headers: Optional[dict[str, Any]],
+    transmit: Callable[[dict[str, Any]], R],
+    api_exception: type[BaseException],
+) -> R:
+    """Drive one request of a Kubernetes REST client through the exchange.
+
+    The request is ours when the client put an ``authorization`` header in it (from our hook's
+    ``api_key``); we then send it with the token the exchange read, and once more after a 401
+    (answered, or raised as ``api_exception`` by clients before 37) with a re-read token. Each
+    attempt gets its own copy of ``headers`` (the REST clients edit them), and an exception
+    leaving takes the token out of both dicts.
+    """
+    exchange = None
+    if flow is not None and headers is not None and _AUTHORIZATION in headers:
+        exchange = flow.exchange(url)
+    if exchange is None or headers is None:
+        return transmit(headers)  # type: ignore[arg-type]
+    held = exchange.step()
+    with scrubbed(headers, _AUTHORIZATION):
+        while True:
+            assert held is not None
+            attempt = _with_token(headers, held)
+            with scrubbed(attempt, _AUTHORIZATION):
+                try:
+                    response = transmit(attempt)
+                except Exception as exc:
+                    if not _rejected(exc, api_exception):
+                        raise
+                    held = exchange.step(Reply(True))
+                    if held is None:
+                        raise
+                    continue
+            held = exchange.step(Reply(getattr(response, "status", None) == 401))
+            if held is None:
+                return response
+            release(response)
+
+
+async def asend(
+    flow: Optional[BearerFlow],
+    url: str,
+    headers: Optional[dict[str, Any]],
+    transmit: Callable[[dict[str, Any]], Awaitable[R]],
+    api_exception: type[BaseException],
+) -> R:
+    """[`send`][sa_token._incluster.send] for the asyncio clients: token reads that need the
+    file (and the lock wait after a 401) run in a worker thread, never on the event loop."""
+    exchange = None
+    if flow is not None and headers is not None and _AUTHORIZATION in headers:
+        exchange = flow.exchange(url)
+    if exchange is None or headers is None:
+        return await transmit(headers)  # type: ignore[arg-type]
+    held = await exchange.astep(to_thread=asyncio.to_thread)
+    with scrubbed(headers, _AUTHORIZATION):
+        while True:
+            assert held is not None
+            attempt = _with_token(headers, held)
+            with scrubbed(attempt, _AUTHORIZATION):
+                try:
+                    response = await transmit(attempt)
+                except Exception as exc:
+                    if not _rejected(exc, api_exception):
+                        raise
+                    held = await exchange.astep(Reply(True), to_thread=asyncio.to_thread)
+                    if held is None:
+                        raise
+                    continue
+            held = await exchange.astep(
+                Reply(getattr(response, "status", None) == 401), to_thread=asyncio.to_thread
+            )
+            if held is None:
+                return response
+            release(response)
+
+
+def _with_token(headers: dict[str, Any], held: Held) -> dict[str, Any]:
+    attempt = dict(headers)
+    attempt[_AUTHORIZATION] = bearer(held)
+    return attempt
+
+
+def release(response: Any) -> None:
+    """Give a 401 answer's connection back to the pool (urllib3 or aiohttp, wrapped or not)."""
+    raw = getattr(response, "response", response)
+    try:
+        if hasattr(raw, "drain_conn"):  # urllib3
+            raw.drain_conn()
+            raw.release_conn()
+        elif hasattr(raw, "release"):  # aiohttp: returns the connection, or closes it
+            raw.release()
+    except Exception:  # noqa: S110 - the connection is simply not reused
+        pass

@@ -1,21 +1,26 @@
 """httpx integration: ``auth=TokenAuth(source)`` for ``httpx.Client`` and ``httpx.AsyncClient``.
 
->>> from sa_token import TokenSource
->>> from sa_token.httpx import TokenAuth
->>> auth = TokenAuth(TokenSource("/var/run/secrets/tokens/vault"), hosts=["vault.vault.svc:8200"])
->>> httpx.get("https://vault.vault.svc:8200/v1/sys/health", auth=auth)
->>> async with httpx.AsyncClient(auth=auth) as client:
-...     await client.get("https://vault.vault.svc:8200/v1/sys/health")
+```python
+from sa_token import TokenSource
+from sa_token.httpx import TokenAuth
 
-Header, ``hosts`` and 401 rules: :mod:`sa_token._auth`. :class:`CAReloadingTransport` and
-:class:`AsyncCAReloadingTransport` follow a ``ca.crt`` that the kubelet rotates.
+auth = TokenAuth(TokenSource("/var/run/secrets/tokens/vault"), hosts=["vault.vault.svc:8200"])
+httpx.get("https://vault.vault.svc:8200/v1/sys/health", auth=auth)
+async with httpx.AsyncClient(auth=auth) as client:
+    await client.get("https://vault.vault.svc:8200/v1/sys/health")
+```
+
+Header, ``hosts`` and 401 rules: `sa_token._flow` (both flows below only drive it).
+[`CAReloadingTransport`][sa_token.httpx.CAReloadingTransport] and
+[`AsyncCAReloadingTransport`][sa_token.httpx.AsyncCAReloadingTransport] follow a ``ca.crt``
+that the kubelet rotates.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
-from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar, Union
 
 try:
     import httpx
@@ -23,18 +28,19 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("sa_token.httpx needs the httpx package: pip install 'sa-token[httpx]'") from exc
 
-from ._auth import AUTHORIZATION, MAX_401_RETRIES, UNAUTHORIZED, BearerAuth, bearer
+from ._flow import AUTHORIZATION, UNAUTHORIZED, BearerFlow, Exchange, Reply, bearer
 
 if TYPE_CHECKING:
     import ssl
 
     from ._ca import CABundle
+    from ._source import TokenSource
 
 __all__ = ["AsyncCAReloadingTransport", "CAReloadingTransport", "TokenAuth"]
 
 
-class TokenAuth(BearerAuth, httpx.Auth):
-    """Attach ``Authorization: Bearer <token>`` from a :class:`~sa_token.TokenSource`.
+class TokenAuth(httpx.Auth):
+    """Attach ``Authorization: Bearer <token>`` from a [`TokenSource`][sa_token.TokenSource].
 
     * A request that already has an ``Authorization`` header (also from the client's default
       headers) is sent unchanged.
@@ -50,57 +56,48 @@ class TokenAuth(BearerAuth, httpx.Auth):
     share between threads, clients and tasks: all per-request state lives in the flow.
     """
 
+    def __init__(self, source: TokenSource, *, hosts: Union[str, Iterable[str], None] = None) -> None:
+        self.flow = BearerFlow(source, hosts=hosts, client="httpx")
+
+    @property
+    def source(self) -> TokenSource:
+        return self.flow.source
+
+    def __repr__(self) -> str:
+        return f"sa_token.httpx.TokenAuth({self.flow!r})"
+
+    def _exchange(self, request: httpx.Request) -> Optional[Exchange]:
+        return self.flow.exchange(
+            str(request.url), has_authorization=AUTHORIZATION in request.headers,
+            replayable=lambda: _replayable(request),
+        )
+
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if not self.applies(str(request.url), AUTHORIZATION in request.headers):
+        exchange = self._exchange(request)
+        held = exchange.step() if exchange is not None else None
+        if exchange is None or held is None:
             yield request
             return
-        started = self.started()
-        sent = self.source.token()
-        request.headers[AUTHORIZATION] = bearer(sent)
-        for _ in range(MAX_401_RETRIES):
+        while held is not None:
+            request.headers[AUTHORIZATION] = bearer(held)
             response = yield request
-            if not self._should_retry(response, sent):
-                return
-            if not _replayable(request):
-                self.source.invalidate(older_than=started)  # the next request re-reads
-                return
-            token = self.fresh_token(sent, started)
-            if token is None:
-                return
-            sent = token
-            request.headers[AUTHORIZATION] = bearer(sent)
-        yield request
+            held = exchange.step(_reply(response))
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        if not self.applies(str(request.url), AUTHORIZATION in request.headers):
+        exchange = self._exchange(request)
+        held = await exchange.astep(to_thread=to_thread.run_sync) if exchange is not None else None
+        if exchange is None or held is None:
             yield request
             return
-        started = self.started()
-        sent = self.source.token_nowait()
-        if sent is None:  # a file read is due: do it off the event loop
-            sent = await to_thread.run_sync(self.source.token)
-        request.headers[AUTHORIZATION] = bearer(sent)
-        for _ in range(MAX_401_RETRIES):
+        while held is not None:
+            request.headers[AUTHORIZATION] = bearer(held)
             response = yield request
-            if not self._should_retry(response, sent):
-                return
-            if not _replayable(request):
-                # invalidate() takes the file's lock, which a read in another thread may hold.
-                await to_thread.run_sync(lambda: self.source.invalidate(older_than=started))
-                return
-            token = await to_thread.run_sync(self.fresh_token, sent, started)
-            if token is None:
-                return
-            sent = token
-            request.headers[AUTHORIZATION] = bearer(sent)
-        yield request
+            held = await exchange.astep(_reply(response), to_thread=to_thread.run_sync)
 
-    def _should_retry(self, response: httpx.Response, sent: str) -> bool:
-        # response.request is the last request sent: after redirects, the redirected one.
-        last = response.request
-        return response.status_code == UNAUTHORIZED and self.carried_ours(
-            str(last.url), last.headers.get(AUTHORIZATION), sent
-        )
+
+def _reply(response: httpx.Response) -> Reply:
+    last = response.request  # after redirects, the redirected request
+    return Reply(response.status_code == UNAUTHORIZED, str(last.url), last.headers.get(AUTHORIZATION))
 
 
 def _replayable(request: httpx.Request) -> bool:
@@ -177,12 +174,14 @@ class _CAFollower(Generic[Inner]):
 
 
 class CAReloadingTransport(_CAFollower[httpx.HTTPTransport], httpx.BaseTransport):
-    """An ``httpx.HTTPTransport`` that verifies servers against a :class:`~sa_token.CABundle`
+    """An ``httpx.HTTPTransport`` that verifies servers against a [`CABundle`][sa_token.CABundle]
     and follows its rotations: when the bundle changes, the next request builds a new
     ``HTTPTransport(verify=<new context>)``; the old one is closed when its last response is.
 
-    >>> ca = CABundle("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
-    >>> client = httpx.Client(transport=CAReloadingTransport(ca), auth=TokenAuth(source))
+    ```python
+    ca = CABundle("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    client = httpx.Client(transport=CAReloadingTransport(ca), auth=TokenAuth(source))
+    ```
 
     Keyword arguments go to ``httpx.HTTPTransport`` (``verify=`` and ``cert=`` are refused:
     they would change the bundle's shared context). A client's environment proxies
@@ -218,7 +217,8 @@ class CAReloadingTransport(_CAFollower[httpx.HTTPTransport], httpx.BaseTransport
 
 
 class AsyncCAReloadingTransport(_CAFollower[httpx.AsyncHTTPTransport], httpx.AsyncBaseTransport):
-    """:class:`CAReloadingTransport` for ``httpx.AsyncClient`` (an ``AsyncHTTPTransport`` inside).
+    """[`CAReloadingTransport`][sa_token.httpx.CAReloadingTransport] for ``httpx.AsyncClient``
+    (an ``AsyncHTTPTransport`` inside).
 
     The bundle is checked with a ``stat`` at most every ``CABundle.check_interval`` (inotify
     reports rotations in between), so the event loop is not held up by file I/O in practice.

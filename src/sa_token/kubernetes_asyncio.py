@@ -1,26 +1,29 @@
 """In-cluster configuration for ``kubernetes_asyncio``, with rotating tokens and CA.
 
->>> from sa_token.kubernetes_asyncio import ApiClient, load_incluster_config
->>> load_incluster_config()
->>> async with ApiClient() as api:
-...     pods = await kubernetes_asyncio.client.CoreV1Api(api).list_namespaced_pod("default")
+```python
+from sa_token.kubernetes_asyncio import ApiClient, load_incluster_config
+load_incluster_config()
+async with ApiClient() as api:
+    pods = await kubernetes_asyncio.client.CoreV1Api(api).list_namespaced_pod("default")
+```
 
 Compared with ``kubernetes_asyncio.config.load_incluster_config()``:
 
-* the token comes from a :class:`~sa_token.TokenSource` through ``refresh_api_key_hook``; the
+* the token comes from a [`TokenSource`][sa_token.TokenSource] through ``refresh_api_key_hook``; the
   library's own hook re-reads the file with a blocking ``open()`` on the event loop once a
   minute, ours returns nothing while the token is cached and otherwise a coroutine that reads
-  in a worker thread (:meth:`TokenSource.atoken`). The hook is shared by every deep copy of the
+  in a worker thread. The hook is shared by every deep copy of the
   configuration.
-* :class:`ApiClient` retries a 401 once with a re-read token (its ``request`` method is the
+* [`ApiClient`][sa_token.kubernetes_asyncio.ApiClient] retries a 401 once with a re-read token
+  (its ``request`` method is the
   seam: it sees the headers and the ``ApiException`` the REST client raises), and follows CA
   rotations: ``kubernetes_asyncio``'s REST client builds ``ssl.create_default_context(cafile=)``
   once, so a rotated cluster CA otherwise fails every new connection until a restart. When the
-  :class:`~sa_token.CABundle` sees a new valid ``ca.crt``, the next request gets a new REST
+  [`CABundle`][sa_token.CABundle] sees a new valid ``ca.crt``, the next request gets a new REST
   client (new aiohttp session) built from the file; the old one keeps serving requests in
   flight and is closed with the ``ApiClient``. An unusable new ``ca.crt`` keeps the old client.
 * ``kubernetes_asyncio``'s ``CoreV1Api()`` without an ``ApiClient`` creates a stock one: pass
-  an :class:`ApiClient` to get the 401 retry and the CA rotation.
+  an [`ApiClient`][sa_token.kubernetes_asyncio.ApiClient] to get the 401 retry and the CA rotation.
 
 Needs the ``kubernetes-asyncio`` extra: ``pip install 'sa-token[kubernetes-asyncio]'``.
 """
@@ -31,7 +34,6 @@ import copy
 import logging
 import os
 import ssl
-import time
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -50,7 +52,9 @@ from ._incluster import (
     DEFAULT_CA_PATH,
     DEFAULT_NAMESPACE_PATH,
     DEFAULT_TOKEN_PATH,
+    NAMESPACE_NEXT_TO_TOKEN,
     AsyncTokenHook,
+    asend,
     read_namespace,
     resolve,
 )
@@ -74,7 +78,7 @@ _KEYS = ("BearerToken",)
 
 
 class NotInClusterError(TokenError, _ConfigException):
-    """Not running in a pod (see :class:`sa_token.kubernetes.NotInClusterError`). Also a
+    """Not running in a pod (see [`NotInClusterError`][sa_token.kubernetes.NotInClusterError]). Also a
     ``kubernetes_asyncio.config.ConfigException``."""
 
 
@@ -83,7 +87,7 @@ def load_incluster_config(
     *,
     token_path: Union[str, os.PathLike[str]] = DEFAULT_TOKEN_PATH,
     ca_path: Union[str, os.PathLike[str]] = DEFAULT_CA_PATH,
-    namespace_path: Union[str, os.PathLike[str], None] = DEFAULT_NAMESPACE_PATH,
+    namespace_path: Union[str, os.PathLike[str], None] = NAMESPACE_NEXT_TO_TOKEN,
     source: Optional[TokenSource] = None,
     ca: Optional[CABundle] = None,
     set_default: Optional[bool] = None,
@@ -100,7 +104,7 @@ def load_incluster_config(
         set_default = configuration is None
     if configuration is None:
         configuration = _client.Configuration()
-    hook = AsyncTokenHook(source, ca, _KEYS)
+    hook = AsyncTokenHook(source, ca, _KEYS, "kubernetes_asyncio")
     configuration.host = found.host
     conf: Any = configuration  # typed as Optional[Callable] in kubernetes; our hook is callable
     conf.namespace = found.namespace
@@ -166,29 +170,11 @@ class ApiClient(_client.ApiClient):
     ) -> Any:
         self._sa_check_ca()
         hook = self._sa_hook
-        start = time.time()
-        first = dict(headers) if headers is not None else None  # the REST client edits headers
-        try:
-            response = await super().request(method, url, query_params, first, *args, **kwargs)
-        except _ApiException as exc:
-            if exc.status != 401 or not self._sa_retry_applies(headers):
-                raise
-        else:
-            if getattr(response, "status", None) != 401 or not self._sa_retry_applies(headers):
-                return response
-            response.release()  # _preload_content=False: a raw aiohttp response
-        assert hook is not None
-        assert headers is not None
-        hook.source.invalidate(older_than=start)
-        retry = dict(headers)
-        retry["authorization"] = await hook.aheader()
-        return await super().request(method, url, query_params, retry, *args, **kwargs)
-
-    def _sa_retry_applies(self, headers: Optional[dict[str, Any]]) -> bool:
-        hook = self._sa_hook
-        return (
-            hook is not None
-            and headers is not None
-            and "authorization" in headers
-            and self.configuration.refresh_api_key_hook is hook
+        ours = hook is not None and self.configuration.refresh_api_key_hook is hook
+        transmit: Any = super().request
+        return await asend(
+            hook.flow if hook is not None and ours else None,
+            url, headers,
+            lambda attempt: transmit(method, url, query_params, attempt, *args, **kwargs),
+            _ApiException,
         )

@@ -1,19 +1,24 @@
 """requests integration: ``auth=TokenAuth(source)`` sends the current projected token.
 
->>> from sa_token import TokenSource
->>> from sa_token.requests import TokenAuth
->>> session = requests.Session()
->>> session.auth = TokenAuth(TokenSource("/var/run/secrets/tokens/vault"), hosts=["vault.vault.svc:8200"])
->>> session.get("https://vault.vault.svc:8200/v1/sys/health")
+```python
+from sa_token import TokenSource
+from sa_token.requests import TokenAuth
 
-Header, ``hosts`` and 401 rules: :mod:`sa_token._auth`. :class:`CAReloadingAdapter` follows a
-``ca.crt`` that the kubelet rotates.
+session = requests.Session()
+session.auth = TokenAuth(TokenSource("/var/run/secrets/tokens/vault"), hosts=["vault.vault.svc:8200"])
+session.get("https://vault.vault.svc:8200/v1/sys/health")
+```
+
+Header, ``hosts`` and 401 rules: `sa_token._flow` (this module only drives it).
+[`CAReloadingAdapter`][sa_token.requests.CAReloadingAdapter] follows a ``ca.crt`` that the
+kubelet rotates.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Optional
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 try:
     from requests.adapters import DEFAULT_POOLBLOCK, HTTPAdapter
@@ -24,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "sa_token.requests needs the requests package: pip install 'sa-token[requests]'"
     ) from exc
 
-from ._auth import AUTHORIZATION, MAX_401_RETRIES, UNAUTHORIZED, BearerAuth, bearer
+from ._flow import AUTHORIZATION, UNAUTHORIZED, BearerFlow, Exchange, Reply, bearer
 
 if TYPE_CHECKING:
     import ssl
@@ -32,14 +37,13 @@ if TYPE_CHECKING:
     from requests import PreparedRequest, Response
 
     from ._ca import CABundle
+    from ._source import TokenSource
 
 __all__ = ["CAReloadingAdapter", "TokenAuth"]
 
-_IN_MEMORY = -1  # body position marker: bytes, str or no body, replayable as they are
 
-
-class TokenAuth(BearerAuth, AuthBase):
-    """Attach ``Authorization: Bearer <token>`` from a :class:`~sa_token.TokenSource`.
+class TokenAuth(AuthBase):
+    """Attach ``Authorization: Bearer <token>`` from a [`TokenSource`][sa_token.TokenSource].
 
     * A request that already has an ``Authorization`` header is sent unchanged.
     * ``hosts``: only requests to these hosts get the token (``"host"`` matches the scheme's
@@ -48,53 +52,54 @@ class TokenAuth(BearerAuth, AuthBase):
       str and seekable file bodies are replayed; a generator or other one-shot body is not,
       and the 401 is returned). The first response is in ``response.history``.
 
-    One instance can be shared by any number of threads and sessions: each request's retry
-    state lives in its own response hook.
+    One instance can be shared by any number of threads and sessions: each request's exchange
+    lives in its own response hook.
     """
 
+    def __init__(self, source: TokenSource, *, hosts: Union[str, Iterable[str], None] = None) -> None:
+        self.flow = BearerFlow(source, hosts=hosts, client="requests")
+
+    @property
+    def source(self) -> TokenSource:
+        return self.flow.source
+
+    def __repr__(self) -> str:
+        return f"sa_token.requests.TokenAuth({self.flow!r})"
+
     def __call__(self, r: PreparedRequest) -> PreparedRequest:
-        if not self.applies(r.url or "", AUTHORIZATION in r.headers):
+        exchange = self.flow.exchange(
+            r.url or "", has_authorization=AUTHORIZATION in r.headers, replayable=_Rewind(r.body)
+        )
+        if exchange is None:
             return r
-        started = self.started()
-        token = self.source.token()
-        r.headers[AUTHORIZATION] = bearer(token)
-        r.hooks["response"].append(_RetryOn401(self, token, started, _body_position(r.body)))
+        held = exchange.step()
+        assert held is not None  # the first step always reads a token (or raises)
+        r.headers[AUTHORIZATION] = bearer(held)
+        r.hooks["response"].append(_RetryOn401(exchange))
         return r
 
 
 class _RetryOn401:
-    """The response hook of one request: its token, start time and body position.
+    """The response hook of one request. requests calls it for every hop of a redirect chain
+    (``PreparedRequest.copy()`` carries it along); the exchange hears only the final answer,
+    and judges whether that request still carried our token (requests drops the header on a
+    redirect to another host)."""
 
-    The hook travels with ``PreparedRequest.copy()`` onto redirected requests; it acts only if
-    the request that got the 401 still carried our token (requests drops the header on a
-    redirect to another host or port), and at most :data:`MAX_401_RETRIES` times per request.
-    """
-
-    def __init__(self, auth: TokenAuth, sent: str, started: float, body_pos: Optional[int]) -> None:
-        self.auth = auth
-        self.sent = sent
-        self.started = started
-        self.body_pos = body_pos
-        self.retries_left = MAX_401_RETRIES
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
 
     def __repr__(self) -> str:
-        return f"<sa_token.requests 401 hook for {self.auth!r}>"
+        return "<sa_token.requests 401 hook>"
 
     def __call__(self, r: Response, **kwargs: Any) -> Response:
+        if r.is_redirect:
+            return r
         prep = r.request
-        if (
-            r.status_code != UNAUTHORIZED
-            or self.retries_left <= 0
-            or not self.auth.carried_ours(prep.url or "", prep.headers.get(AUTHORIZATION), self.sent)
-        ):
+        held = self.exchange.step(
+            Reply(r.status_code == UNAUTHORIZED, prep.url, prep.headers.get(AUTHORIZATION))
+        )
+        if held is None:
             return r
-        if not _rewind(prep.body, self.body_pos):
-            self.auth.source.invalidate(older_than=self.started)  # the next request re-reads
-            return r
-        token = self.auth.fresh_token(self.sent, self.started)
-        if token is None:
-            return r
-        self.retries_left -= 1
         # As HTTPDigestAuth.handle_401: release the connection, copy, resend on the same adapter.
         r.content  # noqa: B018 - drain, so the connection can be reused
         r.close()
@@ -102,18 +107,34 @@ class _RetryOn401:
         jar = retry._cookies  # type: ignore[attr-defined]
         extract_cookies_to_jar(jar, prep, r.raw)  # type: ignore[no-untyped-call]
         retry.prepare_cookies(jar)
-        retry.headers[AUTHORIZATION] = bearer(token)
+        retry.headers[AUTHORIZATION] = bearer(held)
         resent: Response = r.connection.send(retry, **kwargs)
         resent.history.append(r)
         resent.request = retry
         return resent
 
 
-def _body_position(body: object) -> Optional[int]:
-    """Where a seekable body starts (to rewind it for a retry); ``_IN_MEMORY`` for bodies that
-    replay as they are; ``None`` if the body can be read only once."""
-    if body is None or isinstance(body, (bytes, str)):
-        return _IN_MEMORY
+class _Rewind:
+    """Rewinds the body for a retry: bytes, str and no body replay as they are; a seekable
+    file goes back to where it started; anything else can be read only once."""
+
+    def __init__(self, body: object) -> None:
+        self.body = body
+        self.pos = _position(body)
+
+    def __call__(self) -> bool:
+        if self.body is None or isinstance(self.body, (bytes, str)):
+            return True
+        if self.pos is None:
+            return False
+        try:
+            self.body.seek(self.pos)  # type: ignore[attr-defined]
+        except (OSError, ValueError):
+            return False
+        return True
+
+
+def _position(body: object) -> Optional[int]:
     seekable = getattr(body, "seekable", None)
     tell = getattr(body, "tell", None)
     if tell is None or getattr(body, "seek", None) is None:
@@ -127,25 +148,15 @@ def _body_position(body: object) -> Optional[int]:
     return pos if isinstance(pos, int) else None
 
 
-def _rewind(body: object, pos: Optional[int]) -> bool:
-    if pos == _IN_MEMORY:
-        return True
-    if pos is None:
-        return False
-    try:
-        body.seek(pos)  # type: ignore[attr-defined]
-    except (OSError, ValueError):
-        return False
-    return True
-
-
 class CAReloadingAdapter(HTTPAdapter):
-    """An ``HTTPAdapter`` that verifies servers against a :class:`~sa_token.CABundle` and follows
+    """An ``HTTPAdapter`` that verifies servers against a [`CABundle`][sa_token.CABundle] and follows
     its rotations: when the bundle changes, new connections use the new CA and the pooled ones,
     verified against the old CA, are closed (idle ones at once, busy ones when released).
 
-    >>> ca = CABundle("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
-    >>> session.mount("https://", CAReloadingAdapter(ca))
+    ```python
+    ca = CABundle("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    session.mount("https://", CAReloadingAdapter(ca))
+    ```
 
     It trusts exactly the bundle (not certifi, not ``REQUESTS_CA_BUNDLE``); a ``verify=<path>``
     is ignored. ``verify=False`` and client certificates (``cert=``) are refused with a

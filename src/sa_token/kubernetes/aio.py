@@ -1,23 +1,27 @@
 """In-cluster configuration for the official asyncio client ``kubernetes.aio`` (kubernetes >= 37).
 
->>> from sa_token.kubernetes.aio import ApiClient, load_incluster_config
->>> load_incluster_config()
->>> async with ApiClient() as api:
-...     pods = await kubernetes.aio.client.CoreV1Api(api).list_namespaced_pod("default")
+```python
+from sa_token.kubernetes.aio import ApiClient, load_incluster_config
+load_incluster_config()
+async with ApiClient() as api:
+    pods = await kubernetes.aio.client.CoreV1Api(api).list_namespaced_pod("default")
+```
 
-Same behaviour as :mod:`sa_token.kubernetes`, adapted to asyncio:
+Same behaviour as `sa_token.kubernetes`, adapted to asyncio:
 
 * the ``refresh_api_key_hook`` returns nothing while the token is cached (no file I/O, no
-  coroutine); when a re-read is due it returns a coroutine that awaits
-  :meth:`TokenSource.atoken` (the read runs in a worker thread, never on the event loop);
-* :class:`ApiClient` retries a 401 once with a re-read token and follows CA rotations. The
-  stock ``kubernetes.aio`` REST client builds its ``SSLContext`` once, so without it a rotated
-  cluster CA fails every new connection until the process restarts. On a new valid ``ca.crt``
+  coroutine); when a re-read is due it returns a coroutine that reads the file in
+  a worker thread (never on the event loop);
+* [`ApiClient`][sa_token.kubernetes.aio.ApiClient] retries a 401 once with a re-read token and
+  follows CA rotations. The stock ``kubernetes.aio`` REST client builds its ``SSLContext``
+  once, so without it a rotated cluster CA fails every new connection until the process
+  restarts. On a new valid ``ca.crt``
   the next request gets a new REST client (a new aiohttp session) built from the new PEM; the
   old one keeps serving requests already in flight (watches) and is closed with the
   ``ApiClient``.
 * ``set_default`` only installs the ``Configuration`` default: an ``ApiClient`` holds an aiohttp
-  session bound to one event loop, so create :class:`ApiClient` yourself (``async with``).
+  session bound to one event loop, so create [`ApiClient`][sa_token.kubernetes.aio.ApiClient]
+  yourself (``async with``).
 
 Needs the ``kubernetes`` extra: ``pip install 'sa-token[kubernetes]'``.
 """
@@ -26,13 +30,13 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 try:
     import kubernetes.aio.client as _aio_client
     import kubernetes.aio.client.rest as _aio_rest
+    from kubernetes.aio.client.exceptions import ApiException as _ApiException
     from kubernetes.aio.config.config_exception import ConfigException as _ConfigException
 except ImportError as _exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -45,7 +49,9 @@ from sa_token._incluster import (
     DEFAULT_CA_PATH,
     DEFAULT_NAMESPACE_PATH,
     DEFAULT_TOKEN_PATH,
+    NAMESPACE_NEXT_TO_TOKEN,
     AsyncTokenHook,
+    asend,
     read_namespace,
     resolve,
 )
@@ -66,7 +72,7 @@ _KEYS = ("BearerToken", "authorization")
 
 
 class NotInClusterError(TokenError, _ConfigException):
-    """Not running in a pod (see :class:`sa_token.kubernetes.NotInClusterError`). Also a
+    """Not running in a pod (see [`NotInClusterError`][sa_token.kubernetes.NotInClusterError]). Also a
     ``kubernetes.aio.config.ConfigException``."""
 
 
@@ -75,7 +81,7 @@ def load_incluster_config(
     *,
     token_path: Union[str, os.PathLike[str]] = DEFAULT_TOKEN_PATH,
     ca_path: Union[str, os.PathLike[str]] = DEFAULT_CA_PATH,
-    namespace_path: Union[str, os.PathLike[str], None] = DEFAULT_NAMESPACE_PATH,
+    namespace_path: Union[str, os.PathLike[str], None] = NAMESPACE_NEXT_TO_TOKEN,
     source: Optional[TokenSource] = None,
     ca: Optional[CABundle] = None,
     set_default: Optional[bool] = None,
@@ -92,7 +98,7 @@ def load_incluster_config(
         set_default = configuration is None
     if configuration is None:
         configuration = _aio_client.Configuration()
-    hook = AsyncTokenHook(source, ca, _KEYS)
+    hook = AsyncTokenHook(source, ca, _KEYS, "kubernetes.aio")
     configuration.host = found.host
     conf: Any = configuration  # typed as Optional[Callable] in kubernetes; our hook is callable
     conf.namespace = found.namespace
@@ -158,23 +164,13 @@ class ApiClient(_aio_client.ApiClient):
     ) -> Any:
         self._sa_check_ca()
         hook = self._sa_hook
-        start = time.time()
-        headers = dict(header_params) if header_params is not None else None
-        response = await super().call_api(
-            method, url, headers, body, post_params, _request_timeout, *args, **kwargs
-        )
-        if (
-            response.status != 401
-            or hook is None
-            or header_params is None
-            or "authorization" not in header_params
-            or self.configuration.refresh_api_key_hook is not hook
-        ):
-            return response
-        response.response.release()
-        hook.source.invalidate(older_than=start)
-        retry_headers = dict(header_params)
-        retry_headers["authorization"] = await hook.aheader()
-        return await super().call_api(
-            method, url, retry_headers, body, post_params, _request_timeout, *args, **kwargs
+        ours = hook is not None and self.configuration.refresh_api_key_hook is hook
+        transmit: Any = super().call_api
+        return await asend(
+            hook.flow if hook is not None and ours else None,
+            url, header_params,
+            lambda attempt: transmit(
+                method, url, attempt, body, post_params, _request_timeout, *args, **kwargs
+            ),
+            _ApiException,
         )

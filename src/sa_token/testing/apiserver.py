@@ -18,6 +18,10 @@ Endpoints:
   deserialize it into ``V1PodList``).
 * ``GET|POST /echo``: JSON with the token's ``jti``/``sub`` and the length of the request body.
 * ``GET /redirect?to=<url>``: a 302 to ``url``, no authentication needed.
+* discovery (``/api``, ``/api/v1``, ``/apis``, ``/apis/apiextensions.k8s.io/v1``), lists and
+  ``?watch=true`` streams of ``configmaps``, ``events``, ``pods`` and CRDs, from
+  ``server.objects`` (``put``/``delete`` objects, ``close_watches()`` to end the streams from
+  the server side): enough for a kopf operator in standalone mode.
 * anything else: a 404 ``Status``.
 
 TLS certificates come from ``trustme`` (the ``testing`` extra). :meth:`rotate_ca` replaces the CA
@@ -39,6 +43,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Optional, Union
 from urllib.parse import parse_qs, urlsplit
+
+from ._objects import ObjectStore
 
 if TYPE_CHECKING:
     from ._issuer import TokenIssuer
@@ -247,6 +253,9 @@ class _Handler(BaseHTTPRequestHandler):
             record(401, jti, False, scheme, error)
             self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
             return
+        # Discovery, lists and ?watch=true streams (testing/_objects.py).
+        if owner.objects.serve(self, method, path, url.query, lambda s: record(s, jti, True, scheme, None)):
+            return
 
         parts = [p for p in path.split("/") if p]
         is_pods = len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods"
@@ -324,6 +333,8 @@ class FakeAPIServer:
         self.url = f"{'https' if tls else 'http'}://{netloc}:{port}"
         self.port = port
         self._closed = False
+        self.objects = ObjectStore()
+        """Objects served to lists and watches: `put`, `delete`, `close_watches`."""
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},  # shutdown() waits up to one poll interval
@@ -441,6 +452,7 @@ class FakeAPIServer:
         if self._closed:
             return
         self._closed = True
+        self.objects.close()
         self._httpd.shutdown()
         self._httpd.server_close()
         with self._lock:

@@ -1,0 +1,384 @@
+"""The bearer-token exchange, written once for every client (httpx's ``auth_flow`` idea).
+
+Every integration is a thin driver of one [`Exchange`][sa_token._flow.Exchange] per request. The
+exchange says what to do; the driver does the sending in its client's own way:
+
+1. **Read the token** (from the [`TokenSource`][sa_token.TokenSource]; a file read, when one
+   is due, runs in a worker thread for the async drivers, never on the event loop).
+2. **Send with it**: the driver puts ``Authorization: Bearer <token>`` on the request (gRPC: its
+   metadata plugin does), sends, and reports the answer as a [`Reply`][sa_token._flow.Reply].
+3. **On a rejection** (HTTP 401, gRPC ``UNAUTHENTICATED``) of a request that carried this token:
+   invalidate what was read before the request started (client-go's
+   ``ResetTokenOlderThan(start)``: a burst of 401s causes one re-read), read again, and only if
+   the token changed and the body can be replayed, send once more ([`MAX_401_RETRIES`]
+   [sa_token._flow.MAX_401_RETRIES]). Otherwise the rejection is the caller's answer (after a
+   body that cannot be replayed, the next request reads the file again).
+
+The rules the drivers share:
+
+* **The caller's own header.** A request that already has an ``Authorization`` header is sent
+  unchanged and never retried with our token (client-go's ``tokenSourceTransport``: "to allow
+  --token to override other bearer token providers").
+* **Hosts.** With ``hosts=``, only requests to those hosts get the token. An entry is a host name
+  or IP address, optionally with a port: ``"vault.vault.svc"``, ``"vault.vault.svc:8200"``,
+  ``"10.0.0.1:6443"``, ``"[fd00::1]:6443"``. A bare host matches only the scheme's default port
+  (443 for ``https``, 80 for ``http``), spelled out or not; with a port it matches exactly that
+  port. Another port on the same host can be another service, so it never gets the token by
+  accident. Host names compare case-insensitively, in their ASCII (punycode) form, and
+  exactly: no wildcards, no subdomains.
+* **No token in a frame.** Nothing here binds the raw token string to a local variable: the
+  exchange holds [`Token`][sa_token.Token] objects (whose ``repr`` hides the value) and the
+  drivers put ``bearer(held)`` straight into the header they send, so error reporters that print
+  the locals of a traceback (Sentry, loguru, rich, ``pytest -l``) never show it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Generator, Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
+from functools import partial
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, TypeVar, Union, cast
+from urllib.parse import urlsplit
+
+from ._observe import count_auth_retry
+from .errors import TokenError
+
+if TYPE_CHECKING:
+    from ._source import TokenSource
+
+__all__ = [
+    "AUTHORIZATION",
+    "MAX_401_RETRIES",
+    "BearerFlow",
+    "Exchange",
+    "Held",
+    "Reply",
+    "bearer",
+    "host_allowed",
+    "parse_hosts",
+    "read_nowait",
+    "scrubbed",
+]
+
+log = logging.getLogger("sa_token")
+
+AUTHORIZATION = "Authorization"
+# How many times one request is sent again after a rejection, with a token re-read from the
+# file. One: the kubelet writes a new token at most every few minutes, so a second fresh token
+# within one request's lifetime means the server rejects it for another reason (a revoked
+# binding, the wrong audience), and retrying again would only hide that. google-auth allows
+# two refreshes because its refresh is a network call that can itself fail.
+MAX_401_RETRIES = 1
+UNAUTHORIZED = 401
+# The ports a URL without an explicit port uses (RFC 9110 section 4.2).
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+HostKey = tuple[str, Optional[int]]  # (lower-case host, port or None for "the default port")
+T = TypeVar("T")
+ToThread = Callable[[Callable[[], T]], Awaitable[T]]
+
+
+class Held(Protocol):
+    """What an exchange holds for the token it sent: a [`Token`][sa_token.Token], or the value
+    answered without I/O by ``token_nowait()``; both keep ``value`` out of their ``repr``."""
+
+    @property
+    def value(self) -> str: ...
+
+
+class _Value:
+    """A token string held for one request, with a ``repr`` that does not show it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<token>"
+
+
+def bearer(held: Held) -> str:
+    """The ``Authorization`` value for ``held``; put it straight into the header."""
+    return "Bearer " + held.value
+
+
+class Reply:
+    """What a driver reports about the answer to a request it sent with the exchange's token.
+
+    Args:
+        rejected: the answer is HTTP 401 (gRPC: ``UNAUTHENTICATED``).
+        url: where the answered request went (after redirects); ``None``: where it was sent.
+        authorization: the ``Authorization`` header the answered request carried, for clients
+            whose redirects may have dropped or replaced it; leave it out when the request
+            surely carried the exchange's token.
+    """
+
+    __slots__ = ("authorization", "rejected", "url")
+    _SENT = object()
+
+    def __init__(self, rejected: bool, url: Optional[str] = None, authorization: object = _SENT) -> None:
+        self.rejected = rejected
+        self.url = url
+        self.authorization = authorization
+
+    def __repr__(self) -> str:
+        return f"Reply(rejected={self.rejected}, url={self.url!r})"
+
+
+class _Read:
+    """Read the current token."""
+
+
+class _Reread:
+    """Invalidate tokens read before ``started``, then read (``None`` if that read fails)."""
+
+    def __init__(self, started: float, only_invalidate: bool = False) -> None:
+        self.started = started
+        self.only_invalidate = only_invalidate
+
+
+class _Send:
+    def __init__(self, held: Held) -> None:
+        self.held = held
+
+    def __repr__(self) -> str:
+        return "_Send(<token>)"
+
+
+_READ = _Read()
+Command = Union[_Read, _Reread, _Send]
+
+
+class BearerFlow:
+    """The library-independent part of every integration: which requests get the token, and
+    what to do after a rejection. Holds no per-request state, so one instance serves any number
+    of threads, tasks and clients.
+
+    Args:
+        source: where the token comes from.
+        hosts: the hosts that may get the token (see the module documentation); ``None``: all.
+        client: the integration's name, for [`count_auth_retry`][sa_token._observe.count_auth_retry].
+    """
+
+    def __init__(
+        self, source: TokenSource, *, hosts: Union[str, Iterable[str], None] = None, client: str
+    ) -> None:
+        self.source = source
+        self.hosts: Optional[frozenset[HostKey]] = None if hosts is None else parse_hosts(hosts)
+        self.client = client
+
+    def __repr__(self) -> str:
+        hosts = None if self.hosts is None else sorted(_show(h) for h in self.hosts)
+        return f"{type(self).__name__}({self.source!r}, hosts={hosts!r})"
+
+    def exchange(
+        self,
+        url: Optional[str],
+        *,
+        has_authorization: bool = False,
+        replayable: Callable[[], bool] = lambda: True,
+    ) -> Optional[Exchange]:
+        """Start the exchange of one request, or return ``None`` when the request is not ours
+        (it has its own ``Authorization`` header, or goes to a host not in ``hosts``). A ``url``
+        of ``None`` says the driver applied the hosts rule itself
+        ([`allows`][sa_token._flow.BearerFlow.allows]).
+
+        ``replayable`` is asked only after a rejection: whether the body can be sent again
+        (it may rewind the body, as requests' driver does).
+        """
+        if has_authorization or (url is not None and not host_allowed(url, self.hosts)):
+            return None
+        return Exchange(self.source, self._steps(time.time(), replayable))
+
+    def allows(self, scheme: str, host: Optional[str], port: Optional[int]) -> bool:
+        """The hosts rule for a URL already split into its parts (``port`` None: the default)."""
+        return self.hosts is None or _allowed(scheme, host, port, self.hosts)
+
+    def _steps(self, started: float, replayable: Callable[[], bool]) -> Generator[Command, object, None]:
+        sent = cast(Held, (yield _READ))
+        for _ in range(MAX_401_RETRIES):
+            reply = yield _Send(sent)
+            assert isinstance(reply, Reply)
+            if not (reply.rejected and self._carried(reply, sent)):
+                return
+            if not replayable():
+                yield _Reread(started, only_invalidate=True)  # the next request re-reads
+                return
+            fresh = cast(Optional[Held], (yield _Reread(started)))
+            if fresh is None or fresh.value == sent.value:
+                return
+            sent = fresh
+            count_auth_retry(self.client)
+        yield _Send(sent)
+
+    def _carried(self, reply: Reply, sent: Held) -> bool:
+        """Whether the rejected request really carried ``sent`` (a redirect to another origin
+        drops it; the hosts rule is checked again for the final URL)."""
+        if reply.url is not None and not host_allowed(reply.url, self.hosts):
+            return False
+        return reply.authorization is Reply._SENT or reply.authorization == bearer(sent)
+
+
+class Exchange:
+    """The steps of one request's exchange, driven by [`step`][sa_token._flow.Exchange.step]
+    (synchronous clients) or [`astep`][sa_token._flow.Exchange.astep] (async clients).
+
+    An answer that is not a rejection ends the exchange: a driver may report it, or simply stop
+    (the fast path of the clients whose hooks cost per call).
+    """
+
+    __slots__ = ("_pending", "_source", "_steps")
+
+    def __init__(self, source: TokenSource, steps: Generator[Command, object, None]) -> None:
+        self._source = source
+        self._steps = steps
+        self._pending: Optional[Command] = None  # a command start_nowait() could not run
+
+    def __repr__(self) -> str:
+        return f"<Exchange of {self._source!r}>"
+
+    def step(self, reply: Optional[Reply] = None) -> Optional[Held]:
+        """Report ``reply`` (nothing, the first time) and run the token reads that follow in
+        this thread; returns the token to send the request (again) with, or ``None``: the
+        answer stands."""
+        try:
+            command = self._steps.send(reply)
+            while not isinstance(command, _Send):
+                command = self._steps.send(self._run(command))
+        except StopIteration:
+            return None
+        return command.held
+
+    def start_nowait(self) -> Optional[Held]:
+        """The first step for an event loop, without a coroutine: the token when the source
+        answers from memory; ``None``: a file read is due, continue with ``await astep()``."""
+        command = self._steps.send(None)
+        held = read_nowait(self._source)
+        if held is None:
+            self._pending = command
+            return None
+        command = self._steps.send(held)
+        assert isinstance(command, _Send)
+        return command.held
+
+    async def astep(self, reply: Optional[Reply] = None, *, to_thread: ToThread[object]) -> Optional[Held]:
+        """[`step`][sa_token._flow.Exchange.step] for an event loop: a token answered from
+        memory is taken at once; any file read or lock wait runs through ``to_thread`` (e.g.
+        ``asyncio.to_thread``, ``anyio.to_thread.run_sync``)."""
+        try:
+            command, self._pending = self._pending or self._steps.send(reply), None
+            while not isinstance(command, _Send):
+                result = read_nowait(self._source) if isinstance(command, _Read) else None
+                if result is None:
+                    result = cast(Optional[Held], await to_thread(partial(self._run, command)))
+                command = self._steps.send(result)
+        except StopIteration:
+            return None
+        return command.held
+
+    def _run(self, command: Command) -> Optional[Held]:
+        source = self._source
+        if isinstance(command, _Read):
+            return source.current()
+        assert isinstance(command, _Reread)
+        source.invalidate(older_than=command.started)
+        if command.only_invalidate:
+            return None
+        try:
+            return source.current()
+        except TokenError as exc:  # the next request raises it again, when it asks for a token
+            log.debug("sa-token: no token to retry with: %s", exc)
+            return None
+
+
+def read_nowait(source: TokenSource) -> Optional[Held]:
+    """The token if the source can answer without I/O, held so that no local shows it."""
+    return _wrap(source.token_nowait())
+
+
+def _wrap(value: Optional[str]) -> Optional[Held]:
+    return None if value is None else _Value(value)
+
+
+@contextmanager
+def scrubbed(headers: Optional[MutableMapping[str, str]], name: str) -> Iterator[None]:
+    """Take header ``name`` (our token) out of ``headers`` if an exception leaves the block, so
+    that the request's header dict, which every frame of the traceback may hold, shows no
+    token. For clients whose headers reach us as a plain dict (the Kubernetes clients)."""
+    try:
+        yield
+    except BaseException:
+        if headers is not None:
+            headers.pop(name, None)
+        raise
+
+
+# ------------------------------------------------------------------------------ hosts -------
+def parse_hosts(hosts: Union[str, Iterable[str]]) -> frozenset[HostKey]:
+    """Parse ``hosts=`` entries (``host``, ``host:port``, ``[v6]``, ``[v6]:port``, bare ``v6``)."""
+    if isinstance(hosts, str):
+        hosts = [hosts]
+    keys = {_parse_host(entry) for entry in hosts}
+    if not keys:
+        raise ValueError("hosts must name at least one host (or be None for every host)")
+    return frozenset(keys)
+
+
+def _parse_host(entry: object) -> HostKey:
+    if not isinstance(entry, str) or not entry.strip():
+        raise ValueError(f"hosts entries must be non-empty strings like 'api.example.com:443', got {entry!r}")
+    text = entry.strip().lower()
+    if "/" in text or "@" in text:
+        raise ValueError(f"hosts entry {entry!r}: give a host or host:port, not a URL")
+    if not text.isascii():
+        raise ValueError(f"hosts entry {entry!r}: give the host in its ASCII (punycode, 'xn--') form")
+    port_text: Optional[str] = None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"hosts entry {entry!r}: expected '[ipv6]' or '[ipv6]:port'")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host = text  # a name, an IPv4 address or a bare IPv6 address
+    if not host:
+        raise ValueError(f"hosts entry {entry!r} has no host")
+    if port_text is None:
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"hosts entry {entry!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def host_allowed(url: str, allowed: Optional[frozenset[HostKey]]) -> bool:
+    """Whether a request to ``url`` may carry the token (always, when ``allowed`` is None)."""
+    if allowed is None:
+        return True
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # an invalid port: not a host we were told about
+        return False
+    return _allowed(parts.scheme, host, port, allowed)
+
+
+def _allowed(scheme: str, host: Optional[str], port: Optional[int], allowed: frozenset[HostKey]) -> bool:
+    if not host:
+        return False
+    host = host.lower()
+    default = DEFAULT_PORTS.get(scheme.lower())
+    if port is None or port == default:
+        # No port, or the scheme's default: a bare entry matches, and so does "host:<default>".
+        return (host, None) in allowed or (default is not None and (host, default) in allowed)
+    return (host, port) in allowed
+
+
+def _show(key: HostKey) -> str:
+    host, port = key
+    if ":" in host:
+        host = f"[{host}]"
+    return host if port is None else f"{host}:{port}"
