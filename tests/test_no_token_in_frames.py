@@ -251,7 +251,6 @@ def test_a_token_read_that_raises_leaves_no_token_in_frames(
     assert frames_holding(info.value, [token]) == []
 
 
-@pytest.mark.xfail(reason="the core's frames (_source.py) hold the token until the rebuilt core of issue 9 lands")
 def test_core_frames_hold_no_token_when_a_read_raises(kubelet: Kubelet, clock: FakeClock) -> None:
     token = kubelet.rotate(now=clock.now, expiration_seconds=600)
     with TokenSource(kubelet.volume.token_path, watch=False, clock=clock) as source:
