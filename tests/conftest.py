@@ -12,6 +12,15 @@ from typing import Callable
 
 import pytest
 
+# The interpreter running the tests, as an absolute path: every test that starts a Python process
+# uses it (through ``sys.executable``, made absolute here). With a relative PATH entry, as in the
+# README's ``PATH=.venv/bin:$PATH ./scripts/test``, Python >= 3.11 sets ``sys.executable`` to the
+# relative ``.venv/bin/python``, which a child started with another working directory (``cwd="/"``)
+# cannot find. Doing it here, before any test module is imported, also covers code that reads
+# ``sys.executable`` itself (multiprocessing's spawn, the examples and bench runners).
+PYTHON = os.path.abspath(sys.executable)
+sys.executable = PYTHON
+
 _OPENS: Counter[str] = Counter()
 _OPENS_LOCK = threading.Lock()
 
