@@ -43,8 +43,14 @@ class TokenIssuer:
     """
 
     def __init__(self, *, issuer: str = DEFAULT_ISSUER, key_size: int = DEFAULT_KEY_SIZE) -> None:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
+        try:  # imported here, not at the top: the pytest plugin imports this module for every run
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import rsa
+        except ImportError as exc:
+            raise ImportError(
+                "sa_token.testing.TokenIssuer needs the cryptography package: "
+                "pip install 'sa-token[testing]'"
+            ) from exc
 
         self.issuer = issuer
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
