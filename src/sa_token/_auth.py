@@ -1,6 +1,6 @@
 """What the HTTP-client integrations share, free of any HTTP library.
 
-:mod:`sa_token.requests` and :mod:`sa_token.httpx` are thin adapters over :class:`BearerAuth`
+`sa_token.requests` and `sa_token.httpx` are thin adapters over `BearerAuth`
 (Authlib keeps its protocol logic in one ``TokenAuth`` the same way). The rules they share:
 
 * **The header.** ``Authorization: Bearer <token>``, unless the request already has an
@@ -18,7 +18,7 @@
 * **401.** After a 401 to a request that carried our token, the source is invalidated for
   tokens read before that request started (client-go's ``ResetTokenOlderThan(start)``: a burst
   of 401s causes one re-read), the token is read again, and only if it changed is the request
-  sent again, at most :data:`MAX_401_RETRIES` time(s), and only if its body can be replayed.
+  sent again, at most `MAX_401_RETRIES` time(s), and only if its body can be replayed.
   Otherwise the 401 is returned to the caller as it came. A 401 to a request that did not
   carry our token (another host, a caller's own header, a redirect that dropped the header)
   changes nothing.
@@ -139,7 +139,8 @@ class BearerAuth:
 
     @staticmethod
     def started() -> float:
-        """The request's start, for :meth:`TokenSource.invalidate` (a POSIX timestamp)."""
+        """The request's start, for [`TokenSource.invalidate()`][sa_token.TokenSource.invalidate] (a POSIX
+        timestamp)."""
         return time.time()
 
     def fresh_token(self, sent: str, started: float) -> Optional[str]:

@@ -9,13 +9,13 @@ re-read it per connection and break as soon as the file is momentarily bad.
 
 ``CABundle`` holds the last good bundle and one ``ssl.SSLContext`` built from it:
 
-* the file is read and validated at construction (a typed :class:`CAFileError` otherwise);
+* the file is read and validated at construction (a typed `CAFileError` otherwise);
 * it is re-checked when the volume's ``..data`` swap is reported by inotify (the same watcher
-  as the tokens), on :meth:`refresh`, and at most every ``check_interval`` seconds when
-  :attr:`pem` or :meth:`ssl_context` is used (a ``stat``, and a read only if it changed);
+  as the tokens), on `refresh()`, and at most every ``check_interval`` seconds when
+  `pem` or `ssl_context()` is used (a ``stat``, and a read only if it changed);
 * a new bundle that cannot be used (empty, garbage, unreadable, missing mid-swap) is ignored
   with one warning: the previous CA stays in force, as in client-go's CA rotation;
-* a new, valid bundle gets a new context and a new :attr:`generation`, and subscribers are
+* a new, valid bundle gets a new context and a new `generation`, and subscribers are
   called, so integrations can drop pooled connections that verified against the old CA.
 """
 
@@ -60,14 +60,14 @@ Subscriber = Callable[[bytes], None]
 class CAFileError(TokenFileError):
     """The CA file is missing, unreadable, empty, too large or not a PEM certificate bundle.
 
-    A :class:`~sa_token.TokenFileError` (and so an ``OSError``); ``path`` names the file.
+    A [`TokenFileError`][sa_token.errors.TokenFileError] (and so an ``OSError``); ``path`` names the file.
     """
 
 
 def load_ca_file(path: str) -> tuple[bytes, ssl.SSLContext]:
     """Read ``path`` and build a client ``SSLContext`` trusting exactly its certificates.
 
-    Raises :class:`CAFileError` naming the file and the cause."""
+    Raises `CAFileError` naming the file and the cause."""
     try:
         raw = read_bounded(path, MAX_CA_BYTES)
     except OSError as exc:
@@ -148,19 +148,21 @@ class _Watcher:
 class CABundle:
     """The current, valid CA bundle from a (projected) ``ca.crt``, and an ``SSLContext`` for it.
 
-    >>> ca = CABundle("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
-    >>> ctx = ca.ssl_context()       # verify the API server; a new object after a CA rotation
+    ```python
+    ca = CABundle("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    ctx = ca.ssl_context()       # verify the API server; a new object after a CA rotation
+    ```
 
     Options (keyword-only):
 
-    * ``check_interval``: re-check the file at most this often (seconds) when :attr:`pem` or
-      :meth:`ssl_context` is used (default 60). ``0`` checks on every use.
+    * ``check_interval``: re-check the file at most this often (seconds) when [`pem`][sa_token.CABundle.pem]
+      or [`ssl_context()`][sa_token.CABundle.ssl_context] is used (default 60). ``0`` checks on every use.
     * ``watch``: also re-check on inotify events for the file's volume (default True).
     * ``clock``: a ``time.monotonic``-like function, for tests.
 
     The context trusts exactly the bundle's certificates (not the system store), verifies the
-    hostname and is shared: do not modify it; build your own from :attr:`pem` if you need
-    client certificates. Thread-safe. :meth:`close` stops watching.
+    hostname and is shared: do not modify it; build your own from [`pem`][sa_token.CABundle.pem] if you need
+    client certificates. Thread-safe. [`close()`][sa_token.CABundle.close] stops watching.
     """
 
     def __init__(

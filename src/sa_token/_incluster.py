@@ -63,7 +63,7 @@ def not_in_cluster_reason(environ: Mapping[str, str]) -> Optional[str]:
 
 
 class InCluster:
-    """What every ``load_incluster_config`` needs, resolved once (see :func:`resolve`)."""
+    """What every ``load_incluster_config`` needs, resolved once (see `resolve()`)."""
 
     def __init__(self, host: str, source: TokenSource, ca: CABundle, namespace: Optional[str]) -> None:
         self.host = host
@@ -85,7 +85,7 @@ def resolve(  # noqa: PLR0917 - internal, called the same way by three modules
 
     Raises ``not_in_cluster`` (a ``TokenError`` and the client's ``ConfigException``) when the
     service environment variables or the ServiceAccount files are missing, and the
-    :mod:`sa_token.errors` types for files that exist but cannot be used. ``namespace`` is None
+    [`sa_token.errors`][sa_token.errors] types for files that exist but cannot be used. ``namespace`` is None
     when the namespace file does not exist (custom volumes often omit it).
     """
     env = os.environ if environ is None else environ
@@ -112,14 +112,14 @@ def resolve(  # noqa: PLR0917 - internal, called the same way by three modules
 
 def service_url(environ: Mapping[str, str]) -> str:
     """``https://host:port`` of the API server from the service environment variables (call
-    :func:`not_in_cluster_reason` first)."""
+    `not_in_cluster_reason()` first)."""
     return "https://" + join_host_port(environ[SERVICE_HOST_ENV].strip(), environ[SERVICE_PORT_ENV].strip())
 
 
 def read_namespace(path: Union[str, os.PathLike[str]] = DEFAULT_NAMESPACE_PATH) -> str:
     """The pod's namespace from the ServiceAccount volume's ``namespace`` file.
 
-    Raises :class:`~sa_token.TokenFileError` naming the file when it is missing, unreadable,
+    Raises [`TokenFileError`][sa_token.errors.TokenFileError] naming the file when it is missing, unreadable,
     empty or does not hold a namespace name."""
     p = os.fspath(path)
     try:
@@ -148,8 +148,8 @@ class TokenHook:
     configuration it is called with, before each request.
 
     ``Configuration`` objects are deep-copied (``get_default_copy``, ``set_default``); the hook
-    returns itself from ``__deepcopy__``, so every copy shares one :class:`TokenSource` (and
-    :class:`CABundle`), and each copy gets the current token written into its own ``api_key``.
+    returns itself from ``__deepcopy__``, so every copy shares one [`TokenSource`][sa_token.TokenSource] (and
+    [`CABundle`][sa_token.CABundle]), and each copy gets the current token written into its own ``api_key``.
     """
 
     def __init__(self, source: TokenSource, ca: Optional[CABundle], keys: tuple[str, ...]) -> None:

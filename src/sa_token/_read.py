@@ -24,7 +24,7 @@ def read_bounded(path: str, limit: int) -> bytes:
     """The bytes of the regular file at ``path`` (symlinks followed), at most ``limit`` of them.
 
     Raises ``OSError``: ``IsADirectoryError``, ``EINVAL`` for a FIFO or device (opened without
-    blocking, so it cannot hang), :class:`TooLarge` past ``limit``. ``FileNotFoundError`` is
+    blocking, so it cannot hang), `TooLarge` past ``limit``. ``FileNotFoundError`` is
     retried: the kubelet removes the old generation right after the ``..data`` swap.
     """
     for attempt in range(_READ_ATTEMPTS):
@@ -39,8 +39,9 @@ def read_bounded(path: str, limit: int) -> bytes:
 def read_token_file(path: str) -> Token:
     """Read, strip and parse the token at ``path`` (symlinks followed).
 
-    Raises :class:`TokenFileError` (missing, unreadable, not a regular file, empty, too large)
-    or :class:`MalformedTokenError`; messages name the path and never contain the token.
+    Raises [`TokenFileError`][sa_token.errors.TokenFileError] (missing, unreadable, not a regular file, empty,
+    too large) or [`MalformedTokenError`][sa_token.errors.MalformedTokenError]; messages name the path and
+    never contain the token.
     """
     try:
         raw = read_bounded(path, MAX_TOKEN_BYTES)

@@ -3,12 +3,12 @@
 How it stays current without I/O on the request path:
 
 * the file is read once at construction (errors surface there, typed);
-* the process-wide watcher (:mod:`sa_token._watch`) re-reads it when inotify reports the
+* the process-wide watcher (`sa_token._watch`) re-reads it when inotify reports the
   kubelet's ``..data`` swap, within milliseconds;
 * the timer thread re-reads it every ``refresh_interval`` and at the kubelet's rotation point
   (80% of the lifetime), in case an event was missed or inotify is unavailable;
-* :meth:`TokenSource.token` checks one deadline (the earliest of ``exp`` and the next scheduled
-  re-read) and returns the cached string; past the deadline it re-reads first.
+* [`TokenSource.token()`][sa_token.TokenSource.token] checks one deadline (the earliest of ``exp`` and the
+  next scheduled re-read) and returns the cached string; past the deadline it re-reads first.
 
 A re-read that fails keeps the last good token while it is valid (one warning per distinct
 failure). A token known to be expired is never handed out.
@@ -164,11 +164,13 @@ def _iso(ts: float) -> str:
 class TokenSource:
     """The current, valid token from a projected ServiceAccount token file.
 
-    >>> src = TokenSource("/var/run/secrets/tokens/vault", audience="vault")
-    >>> requests.get(url, headers={"Authorization": f"Bearer {src.token()}"})
+    ```python
+    src = TokenSource("/var/run/secrets/tokens/vault", audience="vault")
+    requests.get(url, headers={"Authorization": f"Bearer {src.token()}"})
+    ```
 
     The constructor reads the file: a wrong path, an unreadable or malformed file, or a token
-    for another audience or issuer raises there (see :mod:`sa_token.errors`). Afterwards the
+    for another audience or issuer raises there (see [`sa_token.errors`][sa_token.errors]). Afterwards the
     token is re-read when the kubelet rotates it (inotify on the volume directory), every
     ``refresh_interval`` seconds and at the kubelet's rotation point, in the background.
 
@@ -183,7 +185,7 @@ class TokenSource:
     * ``clock``: a ``time.time``-like function, for tests.
 
     Thread-safe; fork-safe (sources keep rotating in the child). Use as a context manager or
-    call :meth:`close` to stop watching.
+    call [`close()`][sa_token.TokenSource.close] to stop watching.
     """
 
     def __init__(
@@ -264,8 +266,9 @@ class TokenSource:
         """The current token string. O(1) and free of I/O unless a deadline passed (expiry,
         rotation point, refresh interval), in which case the file is re-read first.
 
-        Raises :class:`TokenExpiredError` (or :class:`TokenNotYetValidError`) rather than
-        return a token known to be unusable.
+        Raises [`TokenExpiredError`][sa_token.errors.TokenExpiredError] (or
+        [`TokenNotYetValidError`][sa_token.errors.TokenNotYetValidError]) rather than return a token known to
+        be unusable.
         """
         value = self._hot
         if value is not None:
@@ -282,8 +285,9 @@ class TokenSource:
     __call__ = token  # a TokenSource is a Callable[[], str] token provider
 
     def token_nowait(self) -> Optional[str]:
-        """The token if it can be answered without I/O, else ``None`` (then call :meth:`token`
-        from a worker thread). For async code that must not block its event loop."""
+        """The token if it can be answered without I/O, else ``None`` (then call
+        [`token()`][sa_token.TokenSource.token] from a worker thread). For async code that must not block its
+        event loop."""
         value = self._hot
         if value is not None:
             return value
@@ -293,7 +297,7 @@ class TokenSource:
         return None
 
     async def atoken(self) -> str:
-        """:meth:`token` for asyncio: any file read runs in a worker thread."""
+        """[`token()`][sa_token.TokenSource.token] for asyncio: any file read runs in a worker thread."""
         value = self.token_nowait()
         if value is not None:
             return value
@@ -302,8 +306,9 @@ class TokenSource:
         return await asyncio.get_running_loop().run_in_executor(None, self.token)
 
     def current(self) -> Token:
-        """The parsed current token, checked like :meth:`token`. After :meth:`close` it is the
-        last token read (still checked for expiry; the file is not read again)."""
+        """The parsed current token, checked like [`token()`][sa_token.TokenSource.token]. After
+        [`close()`][sa_token.TokenSource.close] it is the last token read (still checked for expiry; the file
+        is not read again)."""
         tok = self._token
         if self._closed and tok is not None:
             err = self._time_error(tok, self._now())
@@ -316,8 +321,8 @@ class TokenSource:
         return self._refresh_and_check()
 
     def reload(self) -> Token:
-        """Re-read the file now. If that read fails, raise its error (the source keeps serving
-        the last good token); otherwise return the current token, checked like :meth:`token`."""
+        """Re-read the file now. If that read fails, raise its error (the source keeps serving the last good
+        token); otherwise return the current token, checked like [`token()`][sa_token.TokenSource.token]."""
         self._ensure_open()
         self._file.refresh()
         err = self._last_error
@@ -326,8 +331,8 @@ class TokenSource:
         return self.current()
 
     def invalidate(self, older_than: Union[float, datetime, None] = None) -> None:
-        """Forget the token if it was read before ``older_than`` (a POSIX timestamp or an aware
-        datetime; ``None``: unconditionally), so the next :meth:`token` re-reads the file.
+        """Forget the token if it was read before ``older_than`` (a POSIX timestamp or an aware datetime;
+        ``None``: unconditionally), so the next [`token()`][sa_token.TokenSource.token] re-reads the file.
 
         This is client-go's ``ResetTokenOlderThan``: after a 401, invalidate tokens read before
         the request started; concurrent 401s then cause a single re-read. Unlike client-go the
@@ -352,7 +357,8 @@ class TokenSource:
 
     def close(self) -> None:
         """Stop watching and re-reading. Idempotent. The last token stays readable through
-        :meth:`current` (while it is valid); :meth:`token` and :meth:`reload` raise
+        [`current()`][sa_token.TokenSource.current] (while it is valid);
+        [`token()`][sa_token.TokenSource.token] and [`reload()`][sa_token.TokenSource.reload] raise
         ``RuntimeError`` once the source is closed."""
         if self._closed:
             return

@@ -200,7 +200,8 @@ _STRINGS = ("iss", "sub", "jti")
 def parse_token(value: str, *, path: Optional[str] = None) -> Token:
     """Decode ``value`` (a JWT, signature not verified) and check its claims' types.
 
-    Raises :class:`MalformedTokenError` naming ``path`` and the cause, never the token.
+    Raises [`MalformedTokenError`][sa_token.errors.MalformedTokenError] naming ``path`` and the cause, never
+    the token.
     """
     where = f"{path}: " if path else ""
     if value.count(".") != 2:

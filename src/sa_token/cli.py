@@ -1,10 +1,12 @@
 """``sa-token``: look at a projected ServiceAccount token, watch it rotate, or run the demo.
 
-Commands (stdlib ``argparse``, no other dependency)::
+Commands (stdlib ``argparse``, no other dependency):
 
-    sa-token inspect [PATH] [--audience A] [--json]    decode and check a token file
-    sa-token watch   [PATH] [--audience A] [--json]    one line per rotation / failed re-read
-    sa-token demo    [--duration S] [--json]           kubelet + API server + client on this machine
+```text
+sa-token inspect [PATH] [--audience A] [--json]    decode and check a token file
+sa-token watch   [PATH] [--audience A] [--json]    one line per rotation / failed re-read
+sa-token demo    [--duration S] [--json]           kubelet + API server + client on this machine
+```
 
 Exit codes: 0 valid (or a clean stop), 1 invalid (expired, not yet valid, wrong audience; the demo:
 a failed call), 2 file error or malformed token (the demo: a missing dependency). Failures print a
@@ -363,7 +365,7 @@ class _Stop(Exception):
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[None]:
-    """SIGTERM raises :class:`_Stop` (SIGINT already raises KeyboardInterrupt); restored after."""
+    """SIGTERM raises `_Stop` (SIGINT already raises KeyboardInterrupt); restored after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -1,14 +1,18 @@
 """httpx integration: ``auth=TokenAuth(source)`` for ``httpx.Client`` and ``httpx.AsyncClient``.
 
->>> from sa_token import TokenSource
->>> from sa_token.httpx import TokenAuth
->>> auth = TokenAuth(TokenSource("/var/run/secrets/tokens/vault"), hosts=["vault.vault.svc:8200"])
->>> httpx.get("https://vault.vault.svc:8200/v1/sys/health", auth=auth)
->>> async with httpx.AsyncClient(auth=auth) as client:
-...     await client.get("https://vault.vault.svc:8200/v1/sys/health")
+```python
+from sa_token import TokenSource
+from sa_token.httpx import TokenAuth
+auth = TokenAuth(TokenSource("/var/run/secrets/tokens/vault"), hosts=["vault.vault.svc:8200"])
+httpx.get("https://vault.vault.svc:8200/v1/sys/health", auth=auth)
+async with httpx.AsyncClient(auth=auth) as client:
+    await client.get("https://vault.vault.svc:8200/v1/sys/health")
+```
 
-Header, ``hosts`` and 401 rules: :mod:`sa_token._auth`. :class:`CAReloadingTransport` and
-:class:`AsyncCAReloadingTransport` follow a ``ca.crt`` that the kubelet rotates.
+Header, ``hosts`` and 401 rules: `sa_token._auth`.
+[`CAReloadingTransport`][sa_token.httpx.CAReloadingTransport] and
+[`AsyncCAReloadingTransport`][sa_token.httpx.AsyncCAReloadingTransport] follow a ``ca.crt`` that the kubelet
+rotates.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ __all__ = ["AsyncCAReloadingTransport", "CAReloadingTransport", "TokenAuth"]
 
 
 class TokenAuth(BearerAuth, httpx.Auth):
-    """Attach ``Authorization: Bearer <token>`` from a :class:`~sa_token.TokenSource`.
+    """Attach ``Authorization: Bearer <token>`` from a [`TokenSource`][sa_token.TokenSource].
 
     * A request that already has an ``Authorization`` header (also from the client's default
       headers) is sent unchanged.
@@ -177,12 +181,14 @@ class _CAFollower(Generic[Inner]):
 
 
 class CAReloadingTransport(_CAFollower[httpx.HTTPTransport], httpx.BaseTransport):
-    """An ``httpx.HTTPTransport`` that verifies servers against a :class:`~sa_token.CABundle`
+    """An ``httpx.HTTPTransport`` that verifies servers against a [`CABundle`][sa_token.CABundle]
     and follows its rotations: when the bundle changes, the next request builds a new
     ``HTTPTransport(verify=<new context>)``; the old one is closed when its last response is.
 
-    >>> ca = CABundle("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
-    >>> client = httpx.Client(transport=CAReloadingTransport(ca), auth=TokenAuth(source))
+    ```python
+    ca = CABundle("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    client = httpx.Client(transport=CAReloadingTransport(ca), auth=TokenAuth(source))
+    ```
 
     Keyword arguments go to ``httpx.HTTPTransport`` (``verify=`` and ``cert=`` are refused:
     they would change the bundle's shared context). A client's environment proxies
@@ -218,7 +224,8 @@ class CAReloadingTransport(_CAFollower[httpx.HTTPTransport], httpx.BaseTransport
 
 
 class AsyncCAReloadingTransport(_CAFollower[httpx.AsyncHTTPTransport], httpx.AsyncBaseTransport):
-    """:class:`CAReloadingTransport` for ``httpx.AsyncClient`` (an ``AsyncHTTPTransport`` inside).
+    """[`CAReloadingTransport`][sa_token.httpx.CAReloadingTransport] for ``httpx.AsyncClient`` (an
+    ``AsyncHTTPTransport`` inside).
 
     The bundle is checked with a ``stat`` at most every ``CABundle.check_interval`` (inotify
     reports rotations in between), so the event loop is not held up by file I/O in practice.

@@ -1,26 +1,28 @@
 """In-cluster configuration for ``kubernetes_asyncio``, with rotating tokens and CA.
 
->>> from sa_token.kubernetes_asyncio import ApiClient, load_incluster_config
->>> load_incluster_config()
->>> async with ApiClient() as api:
-...     pods = await kubernetes_asyncio.client.CoreV1Api(api).list_namespaced_pod("default")
+```python
+from sa_token.kubernetes_asyncio import ApiClient, load_incluster_config
+load_incluster_config()
+async with ApiClient() as api:
+    pods = await kubernetes_asyncio.client.CoreV1Api(api).list_namespaced_pod("default")
+```
 
 Compared with ``kubernetes_asyncio.config.load_incluster_config()``:
 
-* the token comes from a :class:`~sa_token.TokenSource` through ``refresh_api_key_hook``; the
-  library's own hook re-reads the file with a blocking ``open()`` on the event loop once a
-  minute, ours returns nothing while the token is cached and otherwise a coroutine that reads
-  in a worker thread (:meth:`TokenSource.atoken`). The hook is shared by every deep copy of the
+* the token comes from a [`TokenSource`][sa_token.TokenSource] through ``refresh_api_key_hook``; the library's
+  own hook re-reads the file with a blocking ``open()`` on the event loop once a minute, ours returns nothing
+  while the token is cached and otherwise a coroutine that reads in a worker thread
+  ([`TokenSource.atoken()`][sa_token.TokenSource.atoken]). The hook is shared by every deep copy of the
   configuration.
-* :class:`ApiClient` retries a 401 once with a re-read token (its ``request`` method is the
-  seam: it sees the headers and the ``ApiException`` the REST client raises), and follows CA
-  rotations: ``kubernetes_asyncio``'s REST client builds ``ssl.create_default_context(cafile=)``
+* [`ApiClient`][sa_token.kubernetes_asyncio.ApiClient] retries a 401 once with a re-read token (its
+  ``request`` method is the seam: it sees the headers and the ``ApiException`` the REST client raises), and
+  follows CA rotations: ``kubernetes_asyncio``'s REST client builds ``ssl.create_default_context(cafile=)``
   once, so a rotated cluster CA otherwise fails every new connection until a restart. When the
-  :class:`~sa_token.CABundle` sees a new valid ``ca.crt``, the next request gets a new REST
-  client (new aiohttp session) built from the file; the old one keeps serving requests in
-  flight and is closed with the ``ApiClient``. An unusable new ``ca.crt`` keeps the old client.
+  [`CABundle`][sa_token.CABundle] sees a new valid ``ca.crt``, the next request gets a new REST client (new
+  aiohttp session) built from the file; the old one keeps serving requests in flight and is closed with the
+  ``ApiClient``. An unusable new ``ca.crt`` keeps the old client.
 * ``kubernetes_asyncio``'s ``CoreV1Api()`` without an ``ApiClient`` creates a stock one: pass
-  an :class:`ApiClient` to get the 401 retry and the CA rotation.
+  an [`ApiClient`][sa_token.kubernetes_asyncio.ApiClient] to get the 401 retry and the CA rotation.
 
 Needs the ``kubernetes-asyncio`` extra: ``pip install 'sa-token[kubernetes-asyncio]'``.
 """
@@ -74,7 +76,8 @@ _KEYS = ("BearerToken",)
 
 
 class NotInClusterError(TokenError, _ConfigException):
-    """Not running in a pod (see :class:`sa_token.kubernetes.NotInClusterError`). Also a
+    """Not running in a pod (see
+    [`sa_token.kubernetes.NotInClusterError`][sa_token.kubernetes.NotInClusterError]). Also a
     ``kubernetes_asyncio.config.ConfigException``."""
 
 
@@ -91,8 +94,8 @@ def load_incluster_config(
 ) -> _client.Configuration:
     """Configure ``kubernetes_asyncio`` for the pod's cluster; returns the configuration.
 
-    Options as :func:`sa_token.kubernetes.load_incluster_config` (``set_default`` installs only
-    the ``Configuration`` default). Synchronous: call it at startup.
+    Options as [`sa_token.kubernetes.load_incluster_config()`][sa_token.kubernetes.load_incluster_config]
+    (``set_default`` installs only the ``Configuration`` default). Synchronous: call it at startup.
     """
     found = resolve(environ, token_path, ca_path, namespace_path, source, ca, NotInClusterError)
     source, ca = found.source, found.ca
@@ -116,7 +119,7 @@ def load_incluster_config(
 class ApiClient(_client.ApiClient):
     """``kubernetes_asyncio.client.ApiClient`` that retries a 401 once with a re-read token and
     follows CA rotations. Same arguments; plain behaviour for configurations not made by
-    :func:`load_incluster_config`."""
+    [`load_incluster_config()`][sa_token.kubernetes_asyncio.load_incluster_config]."""
 
     def __init__(
         self, configuration: Optional[_client.Configuration] = None, *args: Any, **kwargs: Any

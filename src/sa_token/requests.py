@@ -1,13 +1,15 @@
 """requests integration: ``auth=TokenAuth(source)`` sends the current projected token.
 
->>> from sa_token import TokenSource
->>> from sa_token.requests import TokenAuth
->>> session = requests.Session()
->>> session.auth = TokenAuth(TokenSource("/var/run/secrets/tokens/vault"), hosts=["vault.vault.svc:8200"])
->>> session.get("https://vault.vault.svc:8200/v1/sys/health")
+```python
+from sa_token import TokenSource
+from sa_token.requests import TokenAuth
+session = requests.Session()
+session.auth = TokenAuth(TokenSource("/var/run/secrets/tokens/vault"), hosts=["vault.vault.svc:8200"])
+session.get("https://vault.vault.svc:8200/v1/sys/health")
+```
 
-Header, ``hosts`` and 401 rules: :mod:`sa_token._auth`. :class:`CAReloadingAdapter` follows a
-``ca.crt`` that the kubelet rotates.
+Header, ``hosts`` and 401 rules: `sa_token._auth`.
+[`CAReloadingAdapter`][sa_token.requests.CAReloadingAdapter] follows a ``ca.crt`` that the kubelet rotates.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ _IN_MEMORY = -1  # body position marker: bytes, str or no body, replayable as th
 
 
 class TokenAuth(BearerAuth, AuthBase):
-    """Attach ``Authorization: Bearer <token>`` from a :class:`~sa_token.TokenSource`.
+    """Attach ``Authorization: Bearer <token>`` from a [`TokenSource`][sa_token.TokenSource].
 
     * A request that already has an ``Authorization`` header is sent unchanged.
     * ``hosts``: only requests to these hosts get the token (``"host"`` matches the scheme's
@@ -67,7 +69,7 @@ class _RetryOn401:
 
     The hook travels with ``PreparedRequest.copy()`` onto redirected requests; it acts only if
     the request that got the 401 still carried our token (requests drops the header on a
-    redirect to another host or port), and at most :data:`MAX_401_RETRIES` times per request.
+    redirect to another host or port), and at most `MAX_401_RETRIES` times per request.
     """
 
     def __init__(self, auth: TokenAuth, sent: str, started: float, body_pos: Optional[int]) -> None:
@@ -140,12 +142,14 @@ def _rewind(body: object, pos: Optional[int]) -> bool:
 
 
 class CAReloadingAdapter(HTTPAdapter):
-    """An ``HTTPAdapter`` that verifies servers against a :class:`~sa_token.CABundle` and follows
+    """An ``HTTPAdapter`` that verifies servers against a [`CABundle`][sa_token.CABundle] and follows
     its rotations: when the bundle changes, new connections use the new CA and the pooled ones,
     verified against the old CA, are closed (idle ones at once, busy ones when released).
 
-    >>> ca = CABundle("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
-    >>> session.mount("https://", CAReloadingAdapter(ca))
+    ```python
+    ca = CABundle("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    session.mount("https://", CAReloadingAdapter(ca))
+    ```
 
     It trusts exactly the bundle (not certifi, not ``REQUESTS_CA_BUNDLE``); a ``verify=<path>``
     is ignored. ``verify=False`` and client certificates (``cert=``) are refused with a

@@ -1,26 +1,29 @@
 """In-cluster configuration for the official ``kubernetes`` client, with rotating tokens and CA.
 
->>> from sa_token.kubernetes import load_incluster_config
->>> load_incluster_config()                 # instead of kubernetes.config.load_incluster_config()
->>> kubernetes.client.CoreV1Api().list_namespaced_pod("default")
+```python
+from sa_token.kubernetes import load_incluster_config
+load_incluster_config()                 # instead of kubernetes.config.load_incluster_config()
+kubernetes.client.CoreV1Api().list_namespaced_pod("default")
+```
 
 What it changes compared with ``kubernetes.config.load_incluster_config()``:
 
-* the token comes from a :class:`~sa_token.TokenSource` (re-read on the kubelet's rotation,
+* the token comes from a [`TokenSource`][sa_token.TokenSource] (re-read on the kubelet's rotation,
   checked for expiry, last good token kept when a re-read fails) through
   ``Configuration.refresh_api_key_hook``. The hook object survives the deep copies that
   ``Configuration.set_default``/``get_default_copy`` and ``ApiClient()`` make, so every copy sends
   the current token, as ``Bearer <token>``, under both ``api_key`` keys the client versions
   look at (``BearerToken`` since 36, ``authorization`` before);
-* custom paths (``token_path=``, ``ca_path=``) and a typed :class:`NotInClusterError` (also a
-  ``kubernetes.config.ConfigException``) naming what is missing;
-* :class:`ApiClient` (installed as the default ``ApiClient`` unless ``set_default=False``, so
-  ``CoreV1Api()`` uses it) adds what a configuration alone cannot do:
+* custom paths (``token_path=``, ``ca_path=``) and a typed
+  [`NotInClusterError`][sa_token.kubernetes.NotInClusterError] (also a ``kubernetes.config.ConfigException``)
+  naming what is missing;
+* [`ApiClient`][sa_token.kubernetes.ApiClient] (installed as the default ``ApiClient`` unless
+  ``set_default=False``, so ``CoreV1Api()`` uses it) adds what a configuration alone cannot do:
 
   - a 401 answer makes the token source re-read the file (``invalidate(older_than=<request
     start>)``) and the request is sent once more with the re-read token. A 401 means the API
     server rejected the credentials before acting, so the retry is safe for every method;
-  - CA rotation: the REST client verifies with the PEM of a :class:`~sa_token.CABundle`
+  - CA rotation: the REST client verifies with the PEM of a [`CABundle`][sa_token.CABundle]
     (``ca_cert_data``), not the file path that urllib3 would re-read for every new connection.
     When ``ca.crt`` changes to a valid bundle, the next request gets a new connection pool
     built from it (idle connections of the old pool are closed, requests in flight finish); an
@@ -98,17 +101,17 @@ def load_incluster_config(
     * ``configuration``: fill this one (default: a new ``Configuration``).
     * ``token_path``/``ca_path``: the ServiceAccount token and CA bundle (the kube-api-access
       paths by default).
-      Or pass your own ``source`` (a :class:`TokenSource`, e.g. with an audience) and ``ca``
-      (a :class:`CABundle`).
+      Or pass your own ``source`` (a [`TokenSource`][sa_token.TokenSource], e.g. with an audience) and ``ca``
+      (a [`CABundle`][sa_token.CABundle]).
     * ``namespace_path``: the pod's namespace file; its content becomes
       ``configuration.namespace`` (None when the file does not exist; pass None to skip it).
     * ``set_default``: install the configuration as ``Configuration``'s default and an
-      :class:`ApiClient` for it as ``ApiClient``'s default, so that ``CoreV1Api()`` uses them.
-      Default: True when no ``configuration`` was given (like the ``kubernetes`` loader).
+      [`ApiClient`][sa_token.kubernetes.ApiClient] for it as ``ApiClient``'s default, so that ``CoreV1Api()``
+      uses them. Default: True when no ``configuration`` was given (like the ``kubernetes`` loader).
     * ``environ``: where to find ``KUBERNETES_SERVICE_HOST``/``_PORT`` (``os.environ``).
 
-    Raises :class:`NotInClusterError` outside a pod, and the :mod:`sa_token.errors` types for a
-    token or CA file that exists but cannot be used.
+    Raises [`NotInClusterError`][sa_token.kubernetes.NotInClusterError] outside a pod, and the
+    [`sa_token.errors`][sa_token.errors] types for a token or CA file that exists but cannot be used.
     """
     found = resolve(environ, token_path, ca_path, namespace_path, source, ca, NotInClusterError)
     source, ca = found.source, found.ca
@@ -137,8 +140,8 @@ class ApiClient(_k8s_client.ApiClient):
     """``kubernetes.client.ApiClient`` that retries a 401 once with a re-read token and follows
     CA rotations (see the module documentation). Takes the same arguments.
 
-    With a configuration not made by :func:`load_incluster_config` it behaves exactly like the
-    base class.
+    With a configuration not made by [`load_incluster_config()`][sa_token.kubernetes.load_incluster_config] it
+    behaves exactly like the base class.
     """
 
     def __init__(

@@ -1,23 +1,25 @@
 """In-cluster configuration for the official asyncio client ``kubernetes.aio`` (kubernetes >= 37).
 
->>> from sa_token.kubernetes.aio import ApiClient, load_incluster_config
->>> load_incluster_config()
->>> async with ApiClient() as api:
-...     pods = await kubernetes.aio.client.CoreV1Api(api).list_namespaced_pod("default")
+```python
+from sa_token.kubernetes.aio import ApiClient, load_incluster_config
+load_incluster_config()
+async with ApiClient() as api:
+    pods = await kubernetes.aio.client.CoreV1Api(api).list_namespaced_pod("default")
+```
 
-Same behaviour as :mod:`sa_token.kubernetes`, adapted to asyncio:
+Same behaviour as `sa_token.kubernetes`, adapted to asyncio:
 
-* the ``refresh_api_key_hook`` returns nothing while the token is cached (no file I/O, no
-  coroutine); when a re-read is due it returns a coroutine that awaits
-  :meth:`TokenSource.atoken` (the read runs in a worker thread, never on the event loop);
-* :class:`ApiClient` retries a 401 once with a re-read token and follows CA rotations. The
+* the ``refresh_api_key_hook`` returns nothing while the token is cached (no file I/O, no coroutine); when a
+  re-read is due it returns a coroutine that awaits [`TokenSource.atoken()`][sa_token.TokenSource.atoken] (the
+  read runs in a worker thread, never on the event loop);
+* `ApiClient` retries a 401 once with a re-read token and follows CA rotations. The
   stock ``kubernetes.aio`` REST client builds its ``SSLContext`` once, so without it a rotated
   cluster CA fails every new connection until the process restarts. On a new valid ``ca.crt``
   the next request gets a new REST client (a new aiohttp session) built from the new PEM; the
   old one keeps serving requests already in flight (watches) and is closed with the
   ``ApiClient``.
 * ``set_default`` only installs the ``Configuration`` default: an ``ApiClient`` holds an aiohttp
-  session bound to one event loop, so create :class:`ApiClient` yourself (``async with``).
+  session bound to one event loop, so create `ApiClient` yourself (``async with``).
 
 Needs the ``kubernetes`` extra: ``pip install 'sa-token[kubernetes]'``.
 """
@@ -66,7 +68,8 @@ _KEYS = ("BearerToken", "authorization")
 
 
 class NotInClusterError(TokenError, _ConfigException):
-    """Not running in a pod (see :class:`sa_token.kubernetes.NotInClusterError`). Also a
+    """Not running in a pod (see
+    [`sa_token.kubernetes.NotInClusterError`][sa_token.kubernetes.NotInClusterError]). Also a
     ``kubernetes.aio.config.ConfigException``."""
 
 
@@ -83,8 +86,8 @@ def load_incluster_config(
 ) -> _aio_client.Configuration:
     """Configure ``kubernetes.aio`` for the pod's cluster; returns the configuration.
 
-    Options as :func:`sa_token.kubernetes.load_incluster_config`. Synchronous (it reads the
-    token and CA files once); call it at startup, before the event loop is busy.
+    Options as [`sa_token.kubernetes.load_incluster_config()`][sa_token.kubernetes.load_incluster_config].
+    Synchronous (it reads the token and CA files once); call it at startup, before the event loop is busy.
     """
     found = resolve(environ, token_path, ca_path, namespace_path, source, ca, NotInClusterError)
     source, ca = found.source, found.ca
@@ -109,7 +112,7 @@ def load_incluster_config(
 class ApiClient(_aio_client.ApiClient):
     """``kubernetes.aio.client.ApiClient`` that retries a 401 once with a re-read token and
     follows CA rotations. Takes the same arguments; plain behaviour for configurations not made
-    by :func:`load_incluster_config`."""
+    by `load_incluster_config()`."""
 
     def __init__(
         self, configuration: Optional[_aio_client.Configuration] = None, *args: Any, **kwargs: Any

@@ -35,11 +35,14 @@ def _b64(n: int) -> str:
 class TokenIssuer:
     """Mints RS256 JWTs with the claim set of a pod-bound projected ServiceAccount token.
 
-    >>> issuer = TokenIssuer()
-    >>> token = issuer.issue(audiences=["vault"], expiration_seconds=600)
+    ```python
+    issuer = TokenIssuer()
+    token = issuer.issue(audiences=["vault"], expiration_seconds=600)
+    ```
 
-    ``public_key_pem`` and :meth:`jwks` give verifiers the key; :meth:`verify` checks a token
-    the way kube-apiserver's authenticator does (signature, ``exp``, ``nbf``, ``aud``).
+    ``public_key_pem`` and [`jwks()`][sa_token.testing.TokenIssuer.jwks] give verifiers the key;
+    [`verify()`][sa_token.testing.TokenIssuer.verify] checks a token the way kube-apiserver's authenticator
+    does (signature, ``exp``, ``nbf``, ``aud``).
     """
 
     def __init__(self, *, issuer: str = DEFAULT_ISSUER, key_size: int = DEFAULT_KEY_SIZE) -> None:
@@ -82,7 +85,8 @@ class TokenIssuer:
         extend: bool = False,
         extra: Optional[dict[str, Any]] = None,
     ) -> dict[str, Any]:
-        """The payload :meth:`issue` signs, as kube-apiserver builds it (claims.go ``Claims``)."""
+        """The payload [`issue()`][sa_token.testing.TokenIssuer.issue] signs, as kube-apiserver builds it
+        (claims.go ``Claims``)."""
         iat = int(time.time() if now is None else now)
         auds = [audiences] if isinstance(audiences, str) else list(audiences)
         k8s: dict[str, Any] = {
@@ -111,7 +115,7 @@ class TokenIssuer:
         return claims
 
     def issue(self, **kwargs: Any) -> str:
-        """Mint a signed token; keyword arguments as for :meth:`claims`."""
+        """Mint a signed token; keyword arguments as for [`claims()`][sa_token.testing.TokenIssuer.claims]."""
         return self.sign(self.claims(**kwargs))
 
     def sign(self, claims: dict[str, Any]) -> str:
