@@ -16,6 +16,16 @@ from typing import Any, Callable
 import freezegun
 import pytest
 
+# The interpreter running the tests, as an absolute path: every test that starts a Python process
+# uses it (through ``sys.executable``, made absolute here). With a relative PATH entry, as in the
+# README's ``PATH=.venv/bin:$PATH ./scripts/test``, Python >= 3.11 sets ``sys.executable`` to the
+# relative ``.venv/bin/python``, which a child started with another working directory (``cwd="/"``)
+# cannot find. Doing it here, before any test module is imported, also covers code that reads
+# ``sys.executable`` itself (multiprocessing's spawn, the examples and bench runners).
+PYTHON = os.path.abspath(sys.executable)
+sys.executable = PYTHON
+
+
 # freezegun scans every loaded module's attributes when time is frozen; the kubernetes client
 # (>= 36) resolves its models lazily on attribute access, and building them under a frozen
 # datetime fails half-way through that scan, leaving time frozen for the rest of the session.

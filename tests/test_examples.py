@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -190,6 +191,100 @@ def test_list_pods_example_outside_a_cluster(tmp_path: Path) -> None:
     assert "KUBERNETES_SERVICE_HOST" in res.stderr and "Traceback" not in res.stderr
 
 
+def _list_pods_manifest() -> dict[str, dict[str, Any]]:
+    yaml = pytest.importorskip("yaml")  # PyYAML comes with mkdocs and the kubernetes package
+    docs = list(yaml.safe_load_all((EXAMPLES / "list-pods.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    assert len(kinds) == len(docs) == 4, "one ServiceAccount, Role, RoleBinding and Deployment"
+    return kinds
+
+
+def test_list_pods_manifest_grants_and_mounts_what_the_example_needs() -> None:
+    m = _list_pods_manifest()
+    sa, role, binding, deploy = m["ServiceAccount"], m["Role"], m["RoleBinding"], m["Deployment"]
+    namespace = sa["metadata"]["namespace"]
+    assert {d["metadata"]["namespace"] for d in m.values()} == {namespace}
+    # RBAC: list pods (core group) in its own namespace, bound to this ServiceAccount
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": namespace}
+    ]
+    pod = deploy["spec"]["template"]["spec"]
+    assert (
+        deploy["spec"]["selector"]["matchLabels"].items()
+        <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is False  # the projected token is the only one
+    # the projected volume: a rotating token for the API server, the CA, the namespace
+    (volume,) = pod["volumes"]
+    sources = {next(iter(src)): src[next(iter(src))] for src in volume["projected"]["sources"]}
+    sat = sources["serviceAccountToken"]
+    assert "audience" not in sat  # defaults to the API server's audience, which list_pods.py calls
+    assert 600 <= sat["expirationSeconds"] <= 86400  # what the API accepts without extending it
+    assert sources["configMap"]["name"] == "kube-root-ca.crt"
+    assert sources["configMap"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert sources["downwardAPI"]["items"] == [
+        {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
+    ]
+    (container,) = pod["containers"]
+    (mount,) = container["volumeMounts"]
+    assert mount["name"] == volume["name"] and "subPath" not in mount  # a subPath never rotates
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TOKEN_PATH"] == f"{mount['mountPath']}/{sat['path']}"
+    assert env["CA_PATH"] == f"{mount['mountPath']}/ca.crt"
+    # the token is readable by the container's user: the kubelet makes it 0640 with fsGroup
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
+
+
+def test_dockerfile_builds_the_image_the_deployment_runs() -> None:
+    pod = _list_pods_manifest()["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    lines = [
+        ln.strip()
+        for ln in (EXAMPLES / "Dockerfile").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    instr = {ln.split(None, 1)[0]: ln.split(None, 1)[1] for ln in lines}
+    assert re.fullmatch(r"python:3\.(9|1[0-3])(-slim)?", instr["FROM"]), instr["FROM"]
+    install = re.search(r"'sa-token\[([^\]]+)\]'", instr["RUN"])
+    assert install and "kubernetes" in install.group(1).split(","), instr["RUN"]
+    assert instr["COPY"] == "examples/*.py ./"
+    assert instr["USER"] == str(pod["securityContext"]["runAsUser"])
+    script = container["command"][1]
+    assert container["command"][0] == "python" and (EXAMPLES / script).is_file()
+    assert json.loads(instr["CMD"])[:2] == ["python", script]
+
+
+def test_list_pods_runs_as_the_deployment_runs_it(tmp_path: Path, token_issuer: TokenIssuer) -> None:
+    """The Deployment's command and environment, with its projected volume written by the test
+    kit's kubelet, against a local API server."""
+    pytest.importorskip("kubernetes")
+    m = _list_pods_manifest()
+    namespace = m["Deployment"]["metadata"]["namespace"]
+    pod = m["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mount_path = container["volumeMounts"][0]["mountPath"]
+    with FakeAPIServer(token_issuer, audiences=[API_AUDIENCE]) as server:
+        volume = ProjectedVolume(tmp_path / "volume")  # token, ca.crt and namespace, as projected
+        kubelet = Kubelet(
+            volume, token_issuer, audiences=[API_AUDIENCE], ca_pem=server.ca_pem, namespace=namespace
+        )
+        kubelet.rotate()
+        env = {e["name"]: e["value"].replace(mount_path, str(volume.directory)) for e in container["env"]}
+        env |= {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(server.port)}
+        _python, script, *args = container["command"]
+        res = run_example(script, *args, "--count", "2", "--interval", "0.1", env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines() == [f"list {n}: 2 pods in {namespace}: app-0, app-1" for n in (1, 2)]
+    assert all(r.authorized for r in server.requests)
+
+
 # ----------------------------------------------------------------------- httpx ------------
 def test_httpx_async_example(api_env: Env) -> None:
     pytest.importorskip("httpx")
@@ -224,6 +319,40 @@ def test_httpx_async_example(api_env: Env) -> None:
     echo = [r for r in api_env.server.requests if r.path == "/echo"]
     assert len(echo) == 20 and all(r.authorized for r in echo)
     assert_no_token(res.stdout + res.stderr, api_env.tokens)
+
+
+def test_httpx_async_example_explains_a_tls_failure(api_env: Env) -> None:
+    """With the system CAs (what the example used before), the API server's certificate does not
+    verify: the example says so and what to check, instead of a bare ``ConnectError``."""
+    pytest.importorskip("httpx")
+    res = run_example(
+        "httpx_async.py",
+        *("--url", f"{api_env.server.url}/echo", "--token-path", str(api_env.volume.token_path)),
+        *("--ca", "system", "--count", "1", "--concurrency", "3"),
+        env={},
+    )
+    assert res.returncode == 1
+    assert res.stdout.strip() == "round 1: ConnectError ConnectError ConnectError jti="
+    (why,) = res.stderr.splitlines()  # explained once, not once per request
+    assert why.startswith(
+        f"TLS: the certificate of {api_env.server.url}/echo does not verify against the system CAs"
+    )
+    assert "--ca" in why and "ca.crt" in why and "Traceback" not in res.stderr
+    assert_no_token(res.stdout + res.stderr, api_env.tokens)
+
+
+def test_httpx_async_example_missing_ca_file(api_env: Env, tmp_path: Path) -> None:
+    pytest.importorskip("httpx")
+    missing = tmp_path / "nowhere" / "ca.crt"
+    res = run_example(
+        "httpx_async.py",
+        *("--url", f"{api_env.server.url}/echo", "--token-path", str(api_env.volume.token_path)),
+        *("--ca", str(missing), "--count", "1"),
+        env={},
+    )
+    assert res.returncode == 2
+    assert res.stderr.startswith("cannot use the CA bundle: ") and str(missing) in res.stderr
+    assert "--ca" in res.stderr and "Traceback" not in res.stderr
 
 
 # ----------------------------------------------------------------------- gunicorn ---------

@@ -1,8 +1,10 @@
 """sa-token: consume projected, rotating Kubernetes ServiceAccount tokens correctly.
 
->>> from sa_token import TokenSource
->>> src = TokenSource("/var/run/secrets/tokens/vault", audience="vault")
->>> headers = {"Authorization": f"Bearer {src.token()}"}
+```python
+from sa_token import TokenSource
+src = TokenSource("/var/run/secrets/tokens/vault", audience="vault")
+headers = {"Authorization": f"Bearer {src.token()}"}
+```
 
 Integrations live in their own modules and import their library lazily:
 ``sa_token.requests``, ``sa_token.httpx``, ``sa_token.kubernetes`` (and ``.aio``),

@@ -1,17 +1,19 @@
 """The errors sa-token raises.
 
 One small hierarchy; every message names the file and the cause, says what to do, and never
-contains the token::
+contains the token:
 
-    TokenError                          base of everything below
-    ├── TokenFileError                  (also an OSError) missing, unreadable, empty, oversized
-    ├── MalformedTokenError             (also a ValueError) not a JWT, bad base64 or JSON,
-    │                                   claims of the wrong type
-    └── TokenValidationError            the token parsed but must not be used
-        ├── TokenExpiredError           ``exp`` has passed
-        ├── TokenNotYetValidError       ``nbf``/``iat`` lies in the future beyond the leeway
-        ├── AudienceMismatchError       ``aud`` does not contain the expected audience
-        └── IssuerMismatchError         ``iss`` is not the expected issuer
+```text
+TokenError                          base of everything below
+├── TokenFileError                  (also an OSError) missing, unreadable, empty, oversized
+├── MalformedTokenError             (also a ValueError) not a JWT, bad base64 or JSON,
+│                                   claims of the wrong type
+└── TokenValidationError            the token parsed but must not be used
+    ├── TokenExpiredError           ``exp`` has passed
+    ├── TokenNotYetValidError       ``nbf``/``iat`` lies in the future beyond the leeway
+    ├── AudienceMismatchError       ``aud`` does not contain the expected audience
+    └── IssuerMismatchError         ``iss`` is not the expected issuer
+```
 
 ``TokenFileError`` subclasses ``OSError`` and ``MalformedTokenError`` subclasses ``ValueError``
 so that existing ``except OSError:`` / ``except ValueError:`` clauses keep working.

@@ -35,8 +35,10 @@ def _b64(n: int) -> str:
 class TokenIssuer:
     """Mints RS256 JWTs with the claim set of a pod-bound projected ServiceAccount token.
 
-    >>> issuer = TokenIssuer()
-    >>> token = issuer.issue(audiences=["vault"], expiration_seconds=600)
+    ```python
+    issuer = TokenIssuer()
+    token = issuer.issue(audiences=["vault"], expiration_seconds=600)
+    ```
 
     ``key_pem`` loads an existing RSA private key (see `private_key_pem`) instead of generating
     one. ``public_key_pem`` and :meth:`jwks` give verifiers the key; :meth:`verify` checks a token
@@ -50,8 +52,14 @@ class TokenIssuer:
         key_size: int = DEFAULT_KEY_SIZE,
         key_pem: Optional[bytes] = None,
     ) -> None:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
+        try:  # imported here, not at the top: the pytest plugin imports this module for every run
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import rsa
+        except ImportError as exc:
+            raise ImportError(
+                "sa_token.testing.TokenIssuer needs the cryptography package: "
+                "pip install 'sa-token[testing]'"
+            ) from exc
 
         self.issuer = issuer
         if key_pem is None:
@@ -99,7 +107,8 @@ class TokenIssuer:
         extend: bool = False,
         extra: Optional[dict[str, Any]] = None,
     ) -> dict[str, Any]:
-        """The payload :meth:`issue` signs, as kube-apiserver builds it (claims.go ``Claims``)."""
+        """The payload [`issue()`][sa_token.testing.TokenIssuer.issue] signs, as kube-apiserver builds it
+        (claims.go ``Claims``)."""
         iat = int(time.time() if now is None else now)
         auds = [audiences] if isinstance(audiences, str) else list(audiences)
         k8s: dict[str, Any] = {
@@ -128,7 +137,7 @@ class TokenIssuer:
         return claims
 
     def issue(self, **kwargs: Any) -> str:
-        """Mint a signed token; keyword arguments as for :meth:`claims`."""
+        """Mint a signed token; keyword arguments as for [`claims()`][sa_token.testing.TokenIssuer.claims]."""
         return self.sign(self.claims(**kwargs))
 
     def sign(self, claims: dict[str, Any]) -> str:

@@ -13,15 +13,18 @@ __all__ = ["Kubelet"]
 
 
 class Kubelet:
-    """Rotates the token of a :class:`ProjectedVolume` with tokens from a :class:`TokenIssuer`.
+    """Rotates the token of a [`ProjectedVolume`][sa_token.testing.ProjectedVolume] with tokens from a
+    [`TokenIssuer`][sa_token.testing.TokenIssuer].
 
-    >>> kubelet = Kubelet(volume, issuer, audiences=["vault"], expiration_seconds=600)
-    >>> kubelet.rotate()                  # one rotation now, returns the new token
-    >>> kubelet.start(every=0.5)          # or rotate in a background thread
-    >>> kubelet.stop()
+    ```python
+    kubelet = Kubelet(volume, issuer, audiences=["vault"], expiration_seconds=600)
+    kubelet.rotate()                  # one rotation now, returns the new token
+    kubelet.start(every=0.5)          # or rotate in a background thread
+    kubelet.stop()
+    ```
 
-    The first :meth:`rotate` also writes ``namespace`` (and ``ca.crt`` when given), as the
-    kube-api-access volume holds them.
+    The first [`rotate()`][sa_token.testing.Kubelet.rotate] also writes ``namespace`` (and ``ca.crt`` when
+    given), as the kube-api-access volume holds them.
     """
 
     def __init__(
@@ -76,7 +79,7 @@ class Kubelet:
         return token
 
     def start(self, *, every: float) -> None:
-        """Rotate every ``every`` seconds in a daemon thread until :meth:`stop`."""
+        """Rotate every ``every`` seconds in a daemon thread until `stop()`."""
         if self._thread is not None:
             raise RuntimeError("already started")
         self._stop.clear()

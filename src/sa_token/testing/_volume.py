@@ -44,9 +44,11 @@ Payload = Mapping[str, Union[bytes, str]]
 class ProjectedVolume:
     """A directory written like a ``projected`` volume (``token``, ``ca.crt``, ``namespace``...).
 
-    >>> vol = ProjectedVolume(tmp_path / "serviceaccount")
-    >>> vol.write({"token": jwt_string, "namespace": "default"})
-    >>> vol.rotate(new_jwt)          # only the token changes; the rest of the payload is kept
+    ```python
+    vol = ProjectedVolume(tmp_path / "serviceaccount")
+    vol.write({"token": jwt_string, "namespace": "default"})
+    vol.rotate(new_jwt)          # only the token changes; the rest of the payload is kept
+    ```
 
     ``fs_group`` reproduces ``securityContext.fsGroup`` (token ``0640``, group-owned, setgid
     directories), ``fs_user`` a common ``runAsUser`` (token ``0600`` owned by that uid); without

@@ -1,15 +1,17 @@
 """``FakeAPIServer``: a real HTTP(S) server on the loopback that authenticates like kube-apiserver.
 
->>> issuer = TokenIssuer()
->>> with FakeAPIServer(issuer, audiences=["vault"]) as server:
-...     server.write_ca(tmp_path / "ca.crt")
-...     requests.get(f"{server.url}/version", headers=..., verify=str(tmp_path / "ca.crt"))
-...     server.requests[-1].token_jti       # which token the server saw
+```python
+issuer = TokenIssuer()
+with FakeAPIServer(issuer, audiences=["vault"]) as server:
+    server.write_ca(tmp_path / "ca.crt")
+    requests.get(f"{server.url}/version", headers=..., verify=str(tmp_path / "ca.crt"))
+    server.requests[-1].token_jti       # which token the server saw
+```
 
-Every request except ``/redirect`` must carry ``Authorization: Bearer <jwt>``; the token is
-verified like the API server's service-account authenticator does it: RS256 signature against
-``issuer.public_key``, ``exp``, ``nbf``, ``iss`` and ``aud`` (:meth:`TokenIssuer.verify`).
-Otherwise the answer is a 401 with a Kubernetes ``Status`` body.
+Every request except ``/redirect`` must carry ``Authorization: Bearer <jwt>``; the token is verified like the
+API server's service-account authenticator does it: RS256 signature against ``issuer.public_key``, ``exp``,
+``nbf``, ``iss`` and ``aud`` ([`TokenIssuer.verify()`][sa_token.testing.TokenIssuer.verify]). Otherwise the
+answer is a 401 with a Kubernetes ``Status`` body.
 
 Endpoints:
 
@@ -24,7 +26,7 @@ Endpoints:
   the server side): enough for a kopf operator in standalone mode.
 * anything else: a 404 ``Status``.
 
-TLS certificates come from ``trustme`` (the ``testing`` extra). :meth:`rotate_ca` replaces the CA
+TLS certificates come from ``trustme`` (the ``testing`` extra). `rotate_ca()` replaces the CA
 and the server certificate: connections opened afterwards get the new certificate, open
 keep-alive connections keep the old one (as with a real API server behind a restarted
 load balancer). Tokens are never logged or recorded; only their ``jti``.
@@ -291,14 +293,15 @@ class FakeAPIServer:
 
     * ``audiences``: the audiences accepted (any one suffices), like ``--api-audiences``.
       Default: ``https://kubernetes.default.svc.cluster.local``, the default of
-      :class:`TokenIssuer` and :class:`Kubelet`.
+      [`TokenIssuer`][sa_token.testing.TokenIssuer] and [`Kubelet`][sa_token.testing.Kubelet].
     * ``tls``: serve HTTPS with a ``trustme`` CA (default); ``False`` serves plain HTTP.
     * ``leeway``: seconds of clock skew allowed on ``exp``/``nbf`` (default 0, so that a test
       can rely on an expired token being rejected at once; the real API server allows 60).
     * ``host``: the address to bind, ``127.0.0.1`` by default (``::1`` for IPv6).
 
-    Starts serving in a daemon thread at construction; :meth:`close` (or leaving the ``with``
-    block) stops it and closes open connections.
+    Starts serving in a daemon thread at construction;
+    [`close()`][sa_token.testing.apiserver.FakeAPIServer.close] (or leaving the ``with`` block) stops it and
+    closes open connections.
     """
 
     def __init__(
@@ -355,7 +358,8 @@ class FakeAPIServer:
         return self._ca_pem
 
     def write_ca(self, path: Union[str, os.PathLike[str]]) -> str:
-        """Write :attr:`ca_pem` to ``path``; returns the path as a string."""
+        """Write [`ca_pem`][sa_token.testing.apiserver.FakeAPIServer.ca_pem] to ``path``; returns the path as
+        a string."""
         p = os.fspath(path)
         with open(p, "wb") as f:
             f.write(self.ca_pem)
@@ -391,7 +395,8 @@ class FakeAPIServer:
             return list(self._records)
 
     def clear(self) -> None:
-        """Forget the recorded requests and any pending :meth:`fail_next`."""
+        """Forget the recorded requests and any pending
+        [`fail_next()`][sa_token.testing.apiserver.FakeAPIServer.fail_next]."""
         with self._lock:
             self._records.clear()
             self._forced.clear()

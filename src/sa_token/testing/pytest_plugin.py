@@ -1,14 +1,16 @@
-"""pytest plugin (registered by the ``pytest11`` entry point): fixtures for testing against
+"""pytest plugin (registered by the `pytest11` entry point): fixtures for testing against
 rotations.
 
-* ``token_issuer`` (session): a :class:`~sa_token.testing.TokenIssuer` (RSA key generation is
-  slow, so one per test session).
-* ``projected_volume``: an empty :class:`~sa_token.testing.ProjectedVolume` under ``tmp_path``.
-* ``kubelet``: a :class:`~sa_token.testing.Kubelet` over ``projected_volume`` that has already
-  written a first token (audience ``sa-token-test``, 3600 s), so ``projected_volume.token_path``
-  is ready for a ``TokenSource``.
+* `token_issuer` (session scope): a [`TokenIssuer`][sa_token.testing.TokenIssuer] (RSA key
+  generation is slow, so one per test session).
+* `projected_volume`: an empty [`ProjectedVolume`][sa_token.testing.ProjectedVolume] under
+  `tmp_path`.
+* `kubelet`: a [`Kubelet`][sa_token.testing.Kubelet] over `projected_volume` that has already
+  written a first token (audience `sa-token-test`, 3600 s), so `projected_volume.token_path`
+  is ready for a `TokenSource`.
 
-Importing this module is cheap: cryptography is only imported when a fixture is used.
+`pytest --fixtures` lists them with their docstrings. Importing this module is cheap:
+cryptography is only imported when a fixture is used.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ TEST_AUDIENCE = "sa-token-test"
 
 @pytest.fixture(scope="session")
 def token_issuer() -> TokenIssuer:
+    """A `sa_token.testing.TokenIssuer`: an RSA key that mints RS256 tokens with the claim set
+    of a pod-bound projected ServiceAccount token (`issue(audiences=[...],
+    expiration_seconds=...)`), and verifies them like kube-apiserver (`verify`). One per test
+    session: RSA key generation is slow."""
     from . import TokenIssuer
 
     return TokenIssuer()
@@ -35,6 +41,9 @@ def token_issuer() -> TokenIssuer:
 
 @pytest.fixture
 def projected_volume(tmp_path: Path) -> ProjectedVolume:
+    """An empty `sa_token.testing.ProjectedVolume` at `tmp_path / "serviceaccount"`: it writes
+    files exactly as the kubelet's AtomicWriter does (`write({...})`, `rotate(token)`);
+    `token_path` is where a `TokenSource` reads."""
     from . import ProjectedVolume
 
     return ProjectedVolume(tmp_path / "serviceaccount")
@@ -42,6 +51,10 @@ def projected_volume(tmp_path: Path) -> ProjectedVolume:
 
 @pytest.fixture
 def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Iterator[Kubelet]:
+    """A `sa_token.testing.Kubelet` over `projected_volume` that has written a first token
+    (audience `sa-token-test`, 3600 s): `kubelet.rotate()` publishes a new one with the
+    kubelet's `..data` swap, `kubelet.start(every=s)` rotates in a thread; stopped after the
+    test."""
     from . import Kubelet
 
     k = Kubelet(projected_volume, token_issuer, audiences=[TEST_AUDIENCE], expiration_seconds=3600)
