@@ -75,7 +75,7 @@ def not_in_cluster_reason(environ: Mapping[str, str]) -> Optional[str]:
 
 
 class InCluster:
-    """What every ``load_incluster_config`` needs, resolved once (see :func:`resolve`)."""
+    """What every ``load_incluster_config`` needs, resolved once (see `resolve()`)."""
 
     def __init__(self, host: str, source: TokenSource, ca: CABundle, namespace: Optional[str]) -> None:
         self.host = host
@@ -129,7 +129,7 @@ def resolve(  # noqa: PLR0917 - internal, called the same way by three modules
 
 def service_url(environ: Mapping[str, str]) -> str:
     """``https://host:port`` of the API server from the service environment variables (call
-    :func:`not_in_cluster_reason` first)."""
+    `not_in_cluster_reason()` first)."""
     return "https://" + join_host_port(environ[SERVICE_HOST_ENV].strip(), environ[SERVICE_PORT_ENV].strip())
 
 

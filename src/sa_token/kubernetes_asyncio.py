@@ -95,8 +95,8 @@ def load_incluster_config(
 ) -> _client.Configuration:
     """Configure ``kubernetes_asyncio`` for the pod's cluster; returns the configuration.
 
-    Options as :func:`sa_token.kubernetes.load_incluster_config` (``set_default`` installs only
-    the ``Configuration`` default). Synchronous: call it at startup.
+    Options as [`sa_token.kubernetes.load_incluster_config()`][sa_token.kubernetes.load_incluster_config]
+    (``set_default`` installs only the ``Configuration`` default). Synchronous: call it at startup.
     """
     found = resolve(environ, token_path, ca_path, namespace_path, source, ca, NotInClusterError)
     source, ca = found.source, found.ca
@@ -120,7 +120,7 @@ def load_incluster_config(
 class ApiClient(_client.ApiClient):
     """``kubernetes_asyncio.client.ApiClient`` that retries a 401 once with a re-read token and
     follows CA rotations. Same arguments; plain behaviour for configurations not made by
-    :func:`load_incluster_config`."""
+    [`load_incluster_config()`][sa_token.kubernetes_asyncio.load_incluster_config]."""
 
     def __init__(
         self, configuration: Optional[_client.Configuration] = None, *args: Any, **kwargs: Any

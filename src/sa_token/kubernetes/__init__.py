@@ -106,15 +106,15 @@ def load_incluster_config(
     * ``configuration``: fill this one (default: a new ``Configuration``).
     * ``token_path``/``ca_path``: the ServiceAccount token and CA bundle (the kube-api-access
       paths by default).
-      Or pass your own ``source`` (a :class:`TokenSource`, e.g. with an audience) and ``ca``
-      (a :class:`CABundle`).
+      Or pass your own ``source`` (a [`TokenSource`][sa_token.TokenSource], e.g. with an audience) and ``ca``
+      (a [`CABundle`][sa_token.CABundle]).
     * ``namespace_path``: the pod's namespace file; its content becomes
       ``configuration.namespace`` (None when the file does not exist; pass None to skip it).
       Default: the ``namespace`` file next to the token (a projected volume that carries one),
       else the kube-api-access volume's.
     * ``set_default``: install the configuration as ``Configuration``'s default and an
-      :class:`ApiClient` for it as ``ApiClient``'s default, so that ``CoreV1Api()`` uses them.
-      Default: True when no ``configuration`` was given (like the ``kubernetes`` loader).
+      [`ApiClient`][sa_token.kubernetes.ApiClient] for it as ``ApiClient``'s default, so that ``CoreV1Api()``
+      uses them. Default: True when no ``configuration`` was given (like the ``kubernetes`` loader).
     * ``environ``: where to find ``KUBERNETES_SERVICE_HOST``/``_PORT`` (``os.environ``).
 
     Raises [`NotInClusterError`][sa_token.kubernetes.NotInClusterError] outside a pod, and the

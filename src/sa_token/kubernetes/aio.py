@@ -89,8 +89,8 @@ def load_incluster_config(
 ) -> _aio_client.Configuration:
     """Configure ``kubernetes.aio`` for the pod's cluster; returns the configuration.
 
-    Options as :func:`sa_token.kubernetes.load_incluster_config`. Synchronous (it reads the
-    token and CA files once); call it at startup, before the event loop is busy.
+    Options as [`sa_token.kubernetes.load_incluster_config()`][sa_token.kubernetes.load_incluster_config].
+    Synchronous (it reads the token and CA files once); call it at startup, before the event loop is busy.
     """
     found = resolve(environ, token_path, ca_path, namespace_path, source, ca, NotInClusterError)
     source, ca = found.source, found.ca
@@ -115,7 +115,7 @@ def load_incluster_config(
 class ApiClient(_aio_client.ApiClient):
     """``kubernetes.aio.client.ApiClient`` that retries a 401 once with a re-read token and
     follows CA rotations. Takes the same arguments; plain behaviour for configurations not made
-    by :func:`load_incluster_config`."""
+    by `load_incluster_config()`."""
 
     def __init__(
         self, configuration: Optional[_aio_client.Configuration] = None, *args: Any, **kwargs: Any

@@ -1,11 +1,11 @@
 """Test kit: reproduce what the kubelet and the API server do, on one machine.
 
-* :class:`TokenIssuer` mints RS256 tokens with the real bound-token claim set and exposes its
-  public key and JWKS, so a test server can verify them like the API server does.
-* :class:`ProjectedVolume` writes files into a directory exactly as the kubelet's
-  ``AtomicWriter`` does (timestamped directory, ``..data_tmp`` renamed over ``..data``,
-  top-level symlinks, file modes), with a one-call :meth:`ProjectedVolume.rotate`.
-* :class:`Kubelet` combines both: it rotates a volume's token on demand or on a schedule.
+* [`TokenIssuer`][sa_token.testing.TokenIssuer] mints RS256 tokens with the real bound-token claim set and
+  exposes its public key and JWKS, so a test server can verify them like the API server does.
+* [`ProjectedVolume`][sa_token.testing.ProjectedVolume] writes files into a directory exactly as the kubelet's
+  ``AtomicWriter`` does (timestamped directory, ``..data_tmp`` renamed over ``..data``, top-level symlinks,
+  file modes), with a one-call [`ProjectedVolume.rotate()`][sa_token.testing.ProjectedVolume.rotate].
+* [`Kubelet`][sa_token.testing.Kubelet] combines both: it rotates a volume's token on demand or on a schedule.
 * `KubeletProcess` does the same from another process, as on a node, and reports when each
   ``..data`` swap happened (for tests and benchmarks of a busy process).
 * `assert_no_token` (and `find_token`, `token_parts`) checks that text holds no piece of a

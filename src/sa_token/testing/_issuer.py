@@ -40,9 +40,10 @@ class TokenIssuer:
     token = issuer.issue(audiences=["vault"], expiration_seconds=600)
     ```
 
-    ``key_pem`` loads an existing RSA private key (see `private_key_pem`) instead of generating
-    one. ``public_key_pem`` and :meth:`jwks` give verifiers the key; :meth:`verify` checks a token
-    the way kube-apiserver's authenticator does (signature, ``exp``, ``nbf``, ``aud``).
+    ``key_pem`` loads an existing RSA private key (see `private_key_pem`) instead of generating one.
+    ``public_key_pem`` and [`jwks()`][sa_token.testing.TokenIssuer.jwks] give verifiers the key;
+    [`verify()`][sa_token.testing.TokenIssuer.verify] checks a token the way kube-apiserver's authenticator
+    does (signature, ``exp``, ``nbf``, ``aud``).
     """
 
     def __init__(
