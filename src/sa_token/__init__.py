@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from ._ca import CABundle, CAFileError
-from ._source import DEFAULT_TOKEN_PATH, TokenSource
+from ._source import DEFAULT_TOKEN_PATH, TokenSource, TokenStatus
 from ._token import Token
 from ._version import __version__
 from .errors import (
@@ -43,6 +43,7 @@ __all__ = [
     "TokenFileError",
     "TokenNotYetValidError",
     "TokenSource",
+    "TokenStatus",
     "TokenValidationError",
     "__version__",
 ]

@@ -37,7 +37,7 @@ from ._read import describe, read_bounded
 from ._subscribers import Subscribers
 from .errors import TokenFileError
 
-__all__ = ["DEFAULT_CA_PATH", "DEFAULT_CHECK_INTERVAL", "CABundle", "CAFileError"]
+__all__ = ["DEFAULT_CA_PATH", "DEFAULT_CHECK_INTERVAL", "CABundle", "CAFileError", "live_bundles"]
 
 log = logging.getLogger("sa_token")
 
@@ -104,6 +104,14 @@ def _signature(path: str) -> Optional[tuple[int, int, int, int]]:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def live_bundles() -> list[CABundle]:
+    """Every open `CABundle` in the process (for the metrics collectors; no I/O)."""
+    with HUB.lock:
+        files = [f for f in HUB.files.values() if isinstance(f, _CAFile)]
+    bundles = [f.bundle() for f in files]
+    return [b for b in bundles if b is not None and not b._closed]
 
 
 @dataclasses.dataclass(frozen=True)

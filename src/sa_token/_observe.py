@@ -17,6 +17,8 @@ import weakref
 from collections import Counter
 from typing import Optional, Protocol, runtime_checkable
 
+from ._hub import at_fork_in_child
+
 __all__ = ["ExchangedCredential", "auth_retries", "count_auth_retry", "credentials", "track_credential"]
 
 _LOCK = threading.Lock()
@@ -71,3 +73,6 @@ def credentials() -> list[ExchangedCredential]:
 def _after_fork_in_child() -> None:  # the lock may have been held by a thread that is gone
     global _LOCK  # noqa: PLW0603
     _LOCK = threading.Lock()
+
+
+at_fork_in_child(_after_fork_in_child)

@@ -44,7 +44,14 @@ from ._validity import (
 )
 from .errors import TokenError, TokenFileError, TokenValidationError
 
-__all__ = ["DEFAULT_LEEWAY", "DEFAULT_TOKEN_PATH", "STALE_MARGIN", "TokenSource", "TokenStatus"]
+__all__ = [
+    "DEFAULT_LEEWAY",
+    "DEFAULT_TOKEN_PATH",
+    "STALE_MARGIN",
+    "TokenSource",
+    "TokenStatus",
+    "live_sources",
+]
 
 log = logging.getLogger("sa_token")
 
@@ -144,6 +151,13 @@ class _TokenFile(HubFile):
         super().after_fork_in_child()
         for src in list(self.sources):
             src._subscribers.after_fork_in_child()
+
+
+def live_sources() -> list[TokenSource]:
+    """Every open `TokenSource` in the process (for the metrics collectors; no I/O)."""
+    with HUB.lock:
+        files = [f for f in HUB.files.values() if isinstance(f, _TokenFile)]
+    return [src for f in files for src in list(f.sources)]
 
 
 def _read(path: str, hold_gil: bool) -> Union[Token, TokenError]:
