@@ -608,7 +608,7 @@ def test_public_names() -> None:
             "DEFAULT_TOKEN_PATH", "AudienceMismatchError", "CABundle", "CAFileError", "IssuerMismatchError",
             "MalformedTokenError",
             "Token", "TokenError", "TokenExpiredError", "TokenFileError", "TokenNotYetValidError",
-            "TokenSource", "TokenValidationError", "__version__",
+            "TokenSource", "TokenStatus", "TokenValidationError", "__version__",
         ]
     )
     assert sa_token.DEFAULT_TOKEN_PATH == "/var/run/secrets/kubernetes.io/serviceaccount/token"
