@@ -217,6 +217,9 @@ def threads_schedstat(threads: list[threading.Thread]) -> Optional[tuple[float, 
 
 
 # ---------------------------------------------------------------------------------- fixture --
+TMPFS = "/dev/shm"
+
+
 class Fixture:
     """An issuer, a pool of tokens and a temporary directory for projected volumes."""
 
@@ -224,7 +227,9 @@ class Fixture:
         from sa_token.testing import TokenIssuer
 
         self.issuer = TokenIssuer()
-        self.root = Path(tempfile.mkdtemp(prefix=prefix))
+        # On tmpfs when the machine has one, as every real projected volume is (the kubelet's
+        # emptyDir{medium: Memory}): the watcher reads such files without giving up the GIL.
+        self.root = Path(tempfile.mkdtemp(prefix=prefix, dir=TMPFS if os.path.isdir(TMPFS) else None))
         # Consecutive rotations only need different tokens: cycle through a small pool.
         self.pool = [self.issuer.issue(audiences=[AUDIENCE], expiration_seconds=3600) for _ in range(16)]
 

@@ -5,9 +5,14 @@ GIL switch interval. The kubelet is another process (``sa_token.testing.KubeletP
 
 What governs the pickup here is the GIL: each time the library's thread gives the GIL up on
 the way from the inotify event to the published token (every system call does), it waits until
-a busy thread is forced to drop it, up to one switch interval (5 ms by default). So the pickup
-is about (GIL hand-offs on that path) x (switch interval); ``library_cpu_s`` and the run-queue
-wait show how much of it is the library's own work and how much waiting for a CPU.
+a busy thread is forced to drop it, up to one switch interval (5 ms by default), often several
+(the waiting threads take turns). The watcher thread gives it up once, in ``poll()``: on tmpfs,
+where every projected volume lives, it reads the event and the file without releasing it.
+
+Two measurements: ``published_s``, from the rename to the token being published by the
+library (``status().last_read_at``): the library's part, the target; and ``pickup_s``, until the
+polling reader sees it, which adds the reader's own wait for the GIL (each of its 1 ms sleeps
+gives the GIL up): the application's part.
 
 Target (issue 9): p99 < 50 ms.
 """
@@ -69,16 +74,18 @@ def _measure(kubelet: Any, src: Any, tokens: list[str], n: int) -> dict[str, Any
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    p = res["pickup_s"]
+    p = res["published_s"]
+    seen = res["pickup_s"]
     return [
         target(
-            f"busy app: pickup p99 ({res['busy_threads']} busy threads, switchinterval "
+            f"busy app: token published p99 ({res['busy_threads']} busy threads, switchinterval "
             f"{res['switchinterval_s'] * 1e3:g} ms)",
             p["p99"],
             "< 50 ms",
             p["p99"] < P99_MAX and not res["missed"],
         ),
-        target("busy app: pickup p50", p["p50"], "(no target)", None),
+        target("busy app: token published p50", p["p50"], "(no target)", None),
+        target("busy app: the polling reader sees it, p99", seen["p99"], "(no target)", None),
     ]
 
 
@@ -89,6 +96,7 @@ def report(res: dict[str, Any]) -> list[str]:
         f"  {'':<52}{'n':>5}{'p50':>10}{'p99':>10}{'max':>10}",
     ]
     for label, key in (
+        ("rename -> the library published the new token", "published_s"),
         ("rename -> the reader sees the new token", "pickup_s"),
         ("  library threads' CPU time per rotation", "library_cpu_s"),
         ("  library threads waiting for a CPU (schedstat)", "library_runqueue_wait_s"),

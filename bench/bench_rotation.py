@@ -144,6 +144,8 @@ def measure(
     lib = library_threads()
     reader_tid = reader.thread.native_id if reader.thread is not None else None
     pickups: list[float] = []
+    published: list[float] = []  # rename -> the watcher published the token (status().last_read_at)
+    wall_minus_perf = time.time() - time.perf_counter()  # the kubelet reports perf_counter times
     rename_s: list[float] = []
     lib_cpu: list[float] = []
     lib_wait: list[float] = []
@@ -170,6 +172,9 @@ def measure(
                 t_seen = reader.seen.pop(tok)
                 l1, r1 = threads_schedstat(lib), schedstat(reader_tid)
                 pickups.append(t_seen - pub.before)
+                read_at = src.status().last_read_at
+                if read_at is not None:
+                    published.append(read_at.timestamp() - (pub.before + wall_minus_perf))
                 rename_s.append(pub.after - pub.before)
                 if l0 is not None and l1 is not None:
                     lib_cpu.append(l1[0] - l0[0])
@@ -185,6 +190,7 @@ def measure(
         "mode": mode,
         "missed": missed,
         "pickup_s": summary(pickups),
+        "published_s": summary(published),
         "rename_s": summary(rename_s),
         "library_threads": sorted(t.name for t in lib),
     }

@@ -11,8 +11,10 @@ import re
 from collections.abc import Awaitable, Mapping
 from typing import Any, Callable, Optional, TypeVar, Union
 
+from . import _fmt
 from ._ca import DEFAULT_CA_PATH, CABundle
 from ._flow import BearerFlow, Held, Reply, bearer, read_nowait, scrubbed
+from ._read import describe, read_bounded
 from ._source import DEFAULT_TOKEN_PATH, TokenSource
 from .errors import TokenFileError
 
@@ -139,24 +141,20 @@ def read_namespace(path: Union[str, os.PathLike[str]] = DEFAULT_NAMESPACE_PATH) 
     Raises [`TokenFileError`][sa_token.TokenFileError] naming the file when it is missing, unreadable,
     empty or does not hold a namespace name."""
     p = os.fspath(path)
-    try:
-        with open(p, "rb") as f:
-            raw = f.read(_MAX_NAMESPACE_BYTES + 1)
-    except FileNotFoundError as exc:
-        raise TokenFileError(
-            f"namespace file {p} does not exist: in a pod, it is mounted with the ServiceAccount token "
-            "(automountServiceAccountToken must not be false)",
-            path=p,
-            errno=exc.errno,
-        ) from None
+    shown = _fmt.path(p)
+    try:  # bounded and non-blocking: a FIFO at the path must not hang load_incluster_config()
+        raw = read_bounded(p, _MAX_NAMESPACE_BYTES)
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
-        raise TokenFileError(f"cannot read namespace file {p}: {reason}", path=p, errno=exc.errno) from None
+        raise describe(p, exc, kind="namespace") from None
     name = raw.strip().decode("utf-8", "replace")
     if not name:
-        raise TokenFileError(f"namespace file {p} is empty", path=p)
-    if len(raw) > _MAX_NAMESPACE_BYTES or not _NAMESPACE_RE.match(name):
-        raise TokenFileError(f"namespace file {p} does not hold a namespace name (a DNS-1123 label)", path=p)
+        raise TokenFileError(f"namespace file {shown} is empty", path=p, reason="empty")
+    if not _NAMESPACE_RE.match(name):
+        raise TokenFileError(
+            f"namespace file {shown} does not hold a namespace name (a DNS-1123 label)",
+            path=p,
+            reason="malformed",
+        )
     return name
 
 

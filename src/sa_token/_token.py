@@ -190,7 +190,7 @@ def _timedelta(seconds: float) -> timedelta:
     if seconds >= limit:
         return timedelta.max
     if seconds <= -limit:
-        return -timedelta.max
+        return timedelta.min
     return timedelta(seconds=seconds)
 
 
