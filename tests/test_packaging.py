@@ -99,3 +99,21 @@ def test_quickstart_extraction_fails_loudly(readme: str, error: str) -> None:
     quickstart = _script("quickstart")
     with pytest.raises(ValueError, match=re.escape(error)):
         quickstart.quickstart_commands(readme)
+
+
+def test_the_core_imports_only_the_standard_library() -> None:
+    """`pip install sa-token` installs no dependency: `import sa_token` and a `TokenSource`
+    load nothing from site-packages (pyjwt and watchdog were dependencies)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sysconfig; before = set(sys.modules);"
+        "import sa_token, sa_token._source, sa_token._hub, sa_token.errors;"
+        "site = sysconfig.get_paths()['purelib'];"
+        "bad = sorted(n for n in set(sys.modules) - before if getattr(sys.modules[n], '__file__', None)"
+        " and sys.modules[n].__file__.startswith(site) and not n.startswith('sa_token'));"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
