@@ -62,6 +62,25 @@ def workdir() -> Iterator[Path]:
     d.rmdir()
 
 
+def _our_words() -> str:
+    """Every string literal in sa-token's source: the text our messages are made of. Hypothesis
+    draws strings from the constants of the code under test, so a generated "token" can be a
+    piece of a message template ("token fi"): found in the message, but not quoted from it."""
+    import ast
+
+    import sa_token
+
+    words = []
+    for path in Path(sa_token.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                words.append(node.value)
+    return "\n".join(words)
+
+
+OUR_WORDS = _our_words()
+
+
 def _check_message(err: BaseException, secret: str, path: str | None = None) -> None:
     """The error names ``path`` (when given) and quotes no part of ``secret``."""
     if path is not None:
@@ -70,7 +89,7 @@ def _check_message(err: BaseException, secret: str, path: str | None = None) -> 
         assert path in str(err)
     text = str(err) + repr(err)
     for part in segments_of(secret.strip()):
-        if len(part) >= MIN_SECRET:
+        if len(part) >= MIN_SECRET and part not in OUR_WORDS:
             assert part not in text, "an error message quotes the token"
 
 
