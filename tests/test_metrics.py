@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import math
+import subprocess
 import sys
 import time
 import urllib.request
@@ -446,3 +447,33 @@ def test_collapsing_does_not_depend_on_the_order_objects_are_found(
     creds = [FakeCredential("vault", path, "vault", 300.0), FakeCredential("vault", path, "vault", 200.0)]
     monkeypatch.setattr(_observe, "credentials", lambda: ordered(creds))
     assert [c.expiry for c in _readings.credential_series()] == [200.0]
+
+
+# ----------------------------------------------------------------------- optional packages
+@pytest.mark.parametrize(
+    ("blocked", "statement", "message"),
+    [
+        (
+            "prometheus_client",
+            "from sa_token.metrics import register",
+            "sa_token.metrics needs the prometheus-client package: pip install 'sa-token[prometheus]'",
+        ),
+        (
+            "opentelemetry",
+            "from sa_token.metrics.otel import instrument",
+            "sa_token.metrics.otel needs the opentelemetry-api package: pip install 'sa-token[otel]'",
+        ),
+    ],
+)
+def test_a_missing_package_names_the_extra(blocked: str, statement: str, message: str) -> None:
+    code = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        "import sa_token.metrics\n"  # the package itself imports neither library
+        + ("import sa_token.metrics.otel\n" if blocked == "prometheus_client" else "")
+        + f"try:\n    {statement}\nexcept ImportError as exc:\n    print(exc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == message
