@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import subprocess
 import sys
 import time
@@ -477,3 +478,28 @@ def test_a_missing_package_names_the_extra(blocked: str, statement: str, message
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == message
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_scrapes_its_sources(
+    kubelet: Kubelet, projected_volume: ProjectedVolume, tmp_path: Path
+) -> None:
+    """gunicorn's preload: the collector registered and the source created in the parent."""
+    reg = CollectorRegistry()
+    register(reg)
+    with TokenSource(projected_volume.token_path, audience=AUD) as src:
+        pid = os.fork()
+        if pid == 0:  # the child: exit status 0 only if it sees its source rotate
+            code = 1
+            try:
+                assert register(reg) is register(reg)
+                second = kubelet.rotate(expiration_seconds=7200)
+                if wait_for(lambda: src.status().reads >= 2):
+                    value = reg.get_sample_value(
+                        "sa_token_expiry_timestamp_seconds", {"path": src.path, "audience": AUD}
+                    )
+                    code = 0 if value == exp_of(second) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

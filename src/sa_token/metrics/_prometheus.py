@@ -17,6 +17,8 @@ except ImportError as exc:
         "sa_token.metrics needs the prometheus-client package: pip install 'sa-token[prometheus]'"
     ) from exc
 
+from sa_token._hub import at_fork_in_child
+
 from . import _readings
 from ._readings import Family
 
@@ -66,6 +68,14 @@ def _families() -> dict[Family, Metric]:
 
 
 _LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:  # the lock may have been held by a thread that is gone
+    global _LOCK  # noqa: PLW0603
+    _LOCK = threading.Lock()
+
+
+at_fork_in_child(_after_fork_in_child)
 _COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, SaTokenCollector] = weakref.WeakKeyDictionary()
 
 

@@ -26,6 +26,7 @@ except ImportError as exc:
         "sa_token.metrics.otel needs the opentelemetry-api package: pip install 'sa-token[otel]'"
     ) from exc
 
+from sa_token._hub import at_fork_in_child
 from sa_token._version import __version__
 
 from . import _readings
@@ -84,6 +85,14 @@ _CALLBACKS: dict[Family, Callback] = {
     _readings.CA_LAST_CHANGE: _ca(lambda b: b.last_change),
 }
 _LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:  # the lock may have been held by a thread that is gone
+    global _LOCK  # noqa: PLW0603
+    _LOCK = threading.Lock()
+
+
+at_fork_in_child(_after_fork_in_child)
 _DONE: weakref.WeakSet[MeterProvider] = weakref.WeakSet()
 
 
