@@ -32,6 +32,7 @@ MODULES = [
     "bench_http",
     "bench_scale",
     "bench_import",
+    "bench_metrics",
 ]
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -123,6 +123,7 @@ class _State:
     generation: int
     signature: Optional[tuple[int, int, int, int]]  # the file's (dev, inode, size, mtime) when read
     next_check: float  # clock time of the next re-check on use
+    changed_at: float  # clock time this generation was loaded
 
 
 class _CAFile(HubFile):
@@ -184,7 +185,8 @@ class CABundle:
         self._watch = bool(watch)
         sig = _signature(self.path)
         pem, ctx = load_ca_file(self.path)
-        self._state = _State(pem, ctx, 1, sig, self._now() + self.check_interval)
+        now = self._now()
+        self._state = _State(pem, ctx, 1, sig, now + self.check_interval, now)
         # Registered even without a watch: the hub's fork handler renews every lock it knows.
         key = f"ca:{next(_KEYS)}"  # one registration per bundle (ids are reused, counters are not)
         hub_file = self._hub_file = HUB.acquire(key, lambda: _CAFile(key, self), watch=self._watch)
@@ -207,6 +209,12 @@ class CABundle:
         return self._state.generation
 
     @property
+    def changed_at(self) -> float:
+        """When the current generation was loaded (``clock`` time): at construction, then at
+        each change to a new valid bundle. Does not check the file."""
+        return self._state.changed_at
+
+    @property
     def watching(self) -> bool:
         """Whether inotify watches the file (else it is re-checked on use only)."""
         return not self._closed and self._watch and self._hub_file.watching
@@ -224,7 +232,8 @@ class CABundle:
             return False
         with self._hub_file.lock:
             state = self._state
-            next_check = self._now() + self.check_interval
+            now = self._now()
+            next_check = now + self.check_interval
             sig = _signature(self.path)
             if sig is not None and sig == state.signature:
                 self._state = dataclasses.replace(state, next_check=next_check)
@@ -243,7 +252,7 @@ class CABundle:
             if pem == state.pem:
                 self._state = dataclasses.replace(state, signature=sig, next_check=next_check)
                 return False
-            self._state = _State(pem, ctx, state.generation + 1, sig, next_check)
+            self._state = _State(pem, ctx, state.generation + 1, sig, next_check, now)
             log.info(
                 "sa-token: CA bundle %s changed (generation %d)", _fmt.path(self.path), state.generation + 1
             )

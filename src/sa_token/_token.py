@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Optional
 
@@ -36,7 +37,9 @@ class Token:
     """A parsed ServiceAccount token. Immutable; ``repr``/``str`` never show ``value``.
 
     Times are aware UTC datetimes, or ``None`` when the claim is absent (legacy Secret-based
-    tokens have no ``exp``: they never expire, ``expires_at`` is ``None``).
+    tokens have no ``exp``: they never expire, ``expires_at`` is ``None``). The times every
+    `TokenSource.status` needs are computed once per token (`functools.cached_property`: the
+    token is immutable).
     """
 
     value: str = field(repr=False)
@@ -69,7 +72,7 @@ class Token:
     def not_before(self) -> Optional[datetime]:
         return _dt(self.claims.get("nbf"))
 
-    @property
+    @cached_property
     def expires_at(self) -> Optional[datetime]:
         return _dt(self.claims.get("exp"))
 
@@ -79,7 +82,7 @@ class Token:
         extended to a year, the time the kubelet really treats as the end of the lifetime."""
         return _dt(self._k8s.get("warnafter"))
 
-    @property
+    @cached_property
     def _k8s(self) -> Mapping[str, Any]:
         k8s = self.claims.get("kubernetes.io")
         return k8s if isinstance(k8s, Mapping) else {}
@@ -128,7 +131,7 @@ class Token:
             return None
         return _timedelta(exp - (_now() if now is None else now))
 
-    @property
+    @cached_property
     def rotation_due_at(self) -> Optional[datetime]:
         """When the kubelet will rotate this token: 80% of its lifetime, at most 24 h after issue."""
         ts = self._rotation_ts
@@ -146,14 +149,14 @@ class Token:
             end = self.claims.get("exp")
         return end
 
-    @property
+    @cached_property
     def _rotation_ts(self) -> Optional[float]:
         start, end = self._start, self._end
         if start is None or end is None:
             return None
         return min(start + ROTATION_FRACTION * (end - start), start + MAX_ROTATION_AGE)
 
-    @property
+    @cached_property
     def _exp_ts(self) -> float:
         exp = self.claims.get("exp")
         return math.inf if exp is None else float(exp)

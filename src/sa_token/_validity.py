@@ -85,10 +85,10 @@ def valid_from(tok: Token, leeway: float) -> float:
 
 def time_error(tok: Token, now: float, leeway: float, path: Optional[str]) -> Optional[TokenValidationError]:
     """The error if the token is expired or not yet valid at ``now`` (POSIX seconds), else
-    ``None``."""
-    where = _fmt.path(path) if path else "the token"
+    ``None``. Cheap when the token is valid (`TokenSource.status` calls it at every scrape)."""
     exp = tok._exp_ts
     if now >= exp:
+        where = _fmt.path(path) if path else "the token"
         rp = tok._rotation_ts
         why = (
             f"the kubelet should have rotated it at {_fmt.iso(rp)} (80% of its lifetime): check the "
@@ -104,6 +104,7 @@ def time_error(tok: Token, now: float, leeway: float, path: Optional[str]) -> Op
     for claim in ("nbf", "iat"):
         t = tok.claims.get(claim)
         if t is not None and t - leeway > now:
+            where = _fmt.path(path) if path else "the token"
             return TokenNotYetValidError(
                 f"token at {where} is not valid until {_fmt.iso(t)} ({claim} is {_fmt.duration(t - now)} "
                 f"in the future, beyond the {leeway:.0f}s leeway); check this node's clock",

@@ -3,13 +3,15 @@ ServiceAccount token, watch it rotate, or run the demo.
 
     sa-token inspect [PATH] [--audience A] [--json]    decode and check a token file
     sa-token watch   [PATH] [--audience A] [--json]    one line per rotation / failed re-read
+    sa-token check   [PATH] [--audience A] [--min-remaining D]  a probe: one line, an exit code
     sa-token demo    [--duration S] [--json]           kubelet + API server + client on this machine
 
-Exit codes: 0 valid (or a clean stop), 1 invalid (expired, not yet valid, wrong audience; the
-demo: a failed call), 2 file error or malformed token (the demo: a missing dependency). Failures
-print a one-line reason on stderr. Nothing ever prints the token or its signature.
+Exit codes: 0 valid (or a clean stop), 1 invalid (expired, not yet valid, wrong audience;
+`check`: also stale or expiring within ``--min-remaining``; the demo: a failed call), 2 file
+error or malformed token (the demo: a missing dependency). Failures print a one-line reason on
+stderr. Nothing ever prints the token or its signature.
 
-One module per command (`inspect`, `watch`, `demo`), each with ``NAME``, ``HELP``,
+One module per command (`inspect`, `watch`, `check`, `demo`), each with ``NAME``, ``HELP``,
 ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int`` (the `Command` protocol);
 a new command is one more module and one more entry in `COMMANDS`. All output goes through
 `sa_token.cli._output`.
@@ -26,13 +28,13 @@ from typing import Optional
 from sa_token._version import __version__
 from sa_token.errors import MalformedTokenError, TokenError, TokenFileError
 
-from . import demo, inspect, watch
+from . import check, demo, inspect, watch
 from ._common import Command, library_logs
 from ._output import EXIT_FILE, EXIT_INVALID, EXIT_OK, StderrLogHandler, fail
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS: tuple[Command, ...] = (inspect, watch, demo)
+COMMANDS: tuple[Command, ...] = (inspect, watch, check, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from sa_token import _fmt, _read, _validity
 from sa_token._token import Token
 from sa_token.errors import TokenError, TokenValidationError
 
+from . import check
 from ._common import add_path_argument, describe, file_facts, mount_facts, token_path
 from ._output import EXIT_FILE, EXIT_INVALID, EXIT_OK, Output, Part, bad, dim, fail, ok, warn
 
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     expect = _validity.Expectations(audiences=None if args.audience is None else (args.audience,))
     problem = _validity.check(tok, now, expect, path)
     report = _report(tok, path, now, problem, facts)
+    report["check"] = check.evaluate(tok, path, now, audience=args.audience)  # what `check --json` says
     if args.json:
         out.json(report)
     else:

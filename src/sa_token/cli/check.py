@@ -1,0 +1,127 @@
+"""``sa-token check [PATH] [--audience A] [--min-remaining 10m] [--json]``: an exec probe.
+
+One line, and exit 0 when the token may be used for at least ``--min-remaining``, 1 when not
+(expired, not yet valid, another audience, stale, too little time left), 2 when the file cannot
+be read or is not a token. It reads the file once and applies `TokenSource`'s rule
+(`sa_token._validity`), with no watch and no thread: cheap enough for a probe every few seconds.
+It is stricter than `TokenSource` in one way: a stale token (the kubelet missed its rotation
+point) is still served by a source, but fails the check, so that the probe shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from typing import Any, Optional
+
+from sa_token import _fmt, _read, _validity
+from sa_token._token import Token
+from sa_token.errors import TokenError
+
+from ._common import add_path_argument, describe, token_path
+from ._output import EXIT_FILE, EXIT_INVALID, EXIT_OK, Output, fail
+
+__all__ = ["DESCRIPTION", "HELP", "NAME", "add_arguments", "evaluate", "parse_duration", "run"]
+
+NAME = "check"
+HELP = "one line and an exit code, for a readiness or liveness probe"
+DESCRIPTION = (
+    "Check a token file for an exec probe: exit 0 if the token is valid for at least "
+    "--min-remaining, 1 if not (expired, not yet valid, wrong audience, stale, expiring), "
+    "2 if the file cannot be read or is not a token. One line of output."
+)
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhd])+")
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``10m``, ``1h30m``, ``2d`` or a number of seconds, as seconds."""
+    value = text.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        if not _DURATION.fullmatch(value):
+            raise argparse.ArgumentTypeError(
+                f"not a duration: {_fmt.text(text)!r} (use 90s, 10m, 1h30m or seconds)"
+            ) from None
+        seconds = sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhd])", value))
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a duration: {_fmt.text(text)!r} (must be >= 0)")
+    return seconds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_path_argument(parser)
+    parser.add_argument("--audience", help="fail (exit 1) unless the token carries this audience")
+    parser.add_argument(
+        "--min-remaining",
+        type=parse_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="fail (exit 1) unless the token stays valid this long: 90s, 10m, 1h (default 0)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Output()
+    path: Optional[str] = None
+    try:
+        path = token_path(args.path)
+        tok = _read.read_token_file(path)
+    except TokenError as exc:
+        line = f"{exc.reason}: {describe(exc, path)}"
+        if args.json:
+            out.json({"path": _fmt.path(args.path), "state": "file-error", "ok": False, "line": line})
+        fail(line)
+        return EXIT_FILE
+    verdict = evaluate(tok, path, time.time(), audience=args.audience, min_remaining=args.min_remaining)
+    if args.json:
+        out.json(verdict)
+    if not verdict["ok"]:
+        fail(verdict["line"])
+        return EXIT_INVALID
+    if not args.json:
+        out.line(verdict["line"])
+    return EXIT_OK
+
+
+def evaluate(
+    tok: Token, path: str, now: float, *, audience: Optional[str] = None, min_remaining: float = 0.0
+) -> dict[str, Any]:
+    """The check of a token read from ``path`` at ``now``: ``state`` (``"valid"``, an error's
+    reason, ``"stale"`` or ``"expiring"``), ``ok``, the one ``line`` shown, and the times
+    behind it. `sa-token inspect --json` includes it as ``"check"``."""
+    shown = _fmt.path(path)
+    expect = _validity.Expectations(audiences=None if audience is None else (audience,))
+    problem = _validity.check(tok, now, expect, path)
+    exp = tok.claims.get("exp")
+    remaining = float("inf") if exp is None else float(exp) - now
+    late = _validity.stale_for(tok, now)
+    until = "never expires" if exp is None else f"expires in {_fmt.duration(remaining)} ({_fmt.iso(exp)})"
+    if problem is not None:
+        state, text = problem.reason, describe(problem, path)
+    elif late is not None:
+        state = "stale"
+        text = (
+            f"token at {shown} passed its rotation point {_fmt.duration(late + _validity.STALE_MARGIN)} "
+            f"ago and the kubelet has not replaced it (see kubernetes issue 138689); it {until}"
+        )
+    elif remaining < min_remaining:
+        state = "expiring"
+        text = f"token at {shown} {until}: less than --min-remaining {_fmt.duration(min_remaining)}"
+    else:
+        state, text = "valid", f"token at {shown} {until}"
+    return {
+        "path": shown,
+        "state": state,
+        "ok": state == "valid",
+        "line": f"{state}: {text}",
+        "expires_at": _fmt.iso(None if exp is None else float(exp)),
+        "remaining_seconds": None if exp is None else round(remaining, 3),
+        "rotation_due_at": _fmt.iso(tok.rotation_due_at),
+        "stale": late is not None,
+        "min_remaining_seconds": min_remaining,
+    }
