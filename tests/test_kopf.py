@@ -143,7 +143,7 @@ def test_operator_handles_events_across_rotations_and_a_rejection(
         cluster.server.fail_next(1)
         store.close_watches()
         store.put("configmaps", configmap("after-401"))
-        assert wait_for(lambda: "after-401" in operator.seen, timeout=15), operator.seen
+        assert wait_for(lambda: "after-401" in operator.seen, timeout=30), operator.seen
         assert operator.thread.is_alive() and not operator.error
     finally:
         kubelet.close()
