@@ -186,6 +186,7 @@ class LeaseKeeper(Generic[C]):
         self.backoff_max = backoff_max
         self.logins = 0  # successful logins and renewals in this process, for tests and metrics
         self.renewals = 0
+        self._generation = 0  # numbers the leases logins publish
         self._lease: Optional[Lease[C]] = None
         self._work = threading.Lock()  # held by whoever renews or logs in; never by readers
         self._wake = threading.Event()
@@ -271,14 +272,17 @@ class LeaseKeeper(Generic[C]):
         return max(0.0, self._due() - self._now())
 
     def _due(self) -> float:
+        """When to act next: a retry after a failure, the lease's schedule, a rotation."""
         lease = self._lease
         if self._failures:
-            return self._retry_at
-        if lease is None:
+            at = self._retry_at
+        elif self._waiting:
+            at = self._poll_at
+        elif lease is None:
             return -math.inf
-        if self._waiting:
-            return min(self._rotation_at, self._poll_at)
-        return min(lease.refresh_at, self._rotation_at)
+        else:
+            at = lease.refresh_at
+        return min(at, self._rotation_at)
 
     def _act(self, now: float) -> None:
         lease = self._lease
@@ -327,8 +331,8 @@ class LeaseKeeper(Generic[C]):
             self._failed(now, exc, "log in")
             return
         self.logins += 1
-        generation = lease.generation + 1 if lease is not None else 1
-        new = self._publish(grant, now, tok, full_ttl=grant.ttl, generation=generation, capped=False)
+        self._generation += 1
+        new = self._publish(grant, now, tok, full_ttl=grant.ttl, generation=self._generation, capped=False)
         left = new.expires_at - now
         log.info(
             "sa-token: %s: logged in with the projected token %s (credential %r, valid for %s%s)",
@@ -348,6 +352,7 @@ class LeaseKeeper(Generic[C]):
                 return
             why = exc.server_message or exc
             log.info("sa-token: %s: renewal refused (%s); logging in again", self.name, why)
+            self._lease = replace(lease, relogin=True)  # retries log in, never renew it again
             self._login(now)
             return
         self.renewals += 1
