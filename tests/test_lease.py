@@ -253,7 +253,7 @@ def test_readers_never_wait_for_a_renewal(world: World) -> None:
     ex.renew = slow_renew  # type: ignore[method-assign]
     renewer = threading.Thread(target=k.step)
     renewer.start()
-    assert wait_for(lambda: k._work.locked())
+    assert wait_for(k._work.locked)
     t = time.monotonic()
     for _ in range(1000):
         k.current()
