@@ -198,6 +198,7 @@ class LeaseKeeper(Generic[C]):
         self._waiting = False  # for a rotation: the projected token expired or was already used
         self._poll_at = math.inf  # while waiting: look at the source again at this time
         self._closed = False
+        self._started = False  # until the first login succeeded: its failure is raised, not logged
         self._thread: Optional[threading.Thread] = None
         self._unsubscribe: Callable[[], None] = _nothing
         with self._work:
@@ -205,6 +206,7 @@ class LeaseKeeper(Generic[C]):
             if self.peek() is None:
                 assert self._last_error is not None
                 raise copy.copy(self._last_error)
+        self._started = True
         ref = weakref.ref(self)
         self._unsubscribe = source.subscribe(lambda tok: _on_rotation(ref, tok))
         with _KEEPERS_LOCK:
@@ -437,7 +439,7 @@ class LeaseKeeper(Generic[C]):
         self._warn(now, what, key="wait", level=level)
 
     def _warn(self, now: float, what: str, *, key: str, level: int = logging.WARNING) -> None:
-        if self._warned == key:
+        if self._warned == key or not self._started:
             return
         self._warned = key
         lease = self._lease

@@ -328,6 +328,8 @@ class _Handler(BaseHTTPRequestHandler):
             owner._record(RequestRecord("POST", path, 400, jti, True, scheme, None))
             self._send_json(400, _status(400, "BadRequest", "spec.token: Required value"))
             return
+        if owner.review_delay > 0:
+            time.sleep(owner.review_delay)
         status = owner._review(token, audiences)
         owner._record(RequestRecord("POST", path, 201, jti, True, scheme, None))
         spec_out = {"audiences": audiences} if audiences else {}  # the token is not echoed back
@@ -385,6 +387,7 @@ class FakeAPIServer:
         self._forced: list[int] = []
         self._reviews: list[TokenReviewRecord] = []
         self._deleted_pods: set[tuple[str, str]] = set()
+        self.review_delay = 0.0  # seconds each TokenReview takes: a slow API server
         self._conns: set[socket.socket] = set()
         self.handshake_failures = 0
         self.ca_generation = 0
