@@ -248,8 +248,8 @@ class LeaseKeeper(Generic[C]):
             fresh = stale is None or (lease is not None and lease.generation != stale.generation)
             if lease is not None and lease.valid(now) and fresh:
                 return lease  # valid, or another thread logged in while we waited for the lock
-            if stale is not None and lease is stale:
-                self._lease = None  # refused: nobody uses it any more
+            if stale is not None and lease is not None and lease.generation == stale.generation:
+                self._lease = None  # refused (maybe renewed since, same token): nobody uses it
                 self._retry_at = -math.inf  # the server answered: no backoff for this login
             if now >= self._retry_at or self._last_error is None:
                 self._login(now)
