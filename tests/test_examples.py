@@ -147,7 +147,7 @@ def test_vault_kv_example_reads_across_rotations(openbao: OpenBaoServer, tmp_pat
 
     rotator = threading.Thread(target=rotate_every_second)
     rotator.start()
-    assert wait_for(lambda: volume.token_path.exists())
+    assert wait_for(volume.token_path.exists)
     try:
         env = _vault_env(openbao, tmp_path)
         env["TOKEN_PATH"] = str(volume.token_path)
