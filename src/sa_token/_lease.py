@@ -234,6 +234,11 @@ class LeaseKeeper(Generic[C]):
         """The lease held now, valid or not, without any action."""
         return self._lease
 
+    def current_nowait(self) -> Optional[Lease[C]]:
+        """The current lease if it is valid, else ``None`` (then call `current` in a thread)."""
+        lease = self._lease
+        return lease if lease is not None and self._now() < lease.expires_at else None
+
     def replace(self, stale: Lease[C]) -> Lease[C]:
         """The server refused ``stale``'s credential (revoked, server restarted): log in again,
         unless another thread already did. Returns the lease to retry with."""

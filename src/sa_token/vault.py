@@ -7,14 +7,15 @@ vault.client().secrets.kv.v2.read_secret_version(path="db")
 ```
 
 The lease logic (renew at about 2/3 of the TTL, log in again, backoff, single flight, fork) is
-shared with other exchanges in `sa_token._lease`; this module makes the hvac calls and
-translates Vault's errors.
+`sa_token._lease`, shared with other exchanges; this module makes hvac's calls and translates
+Vault's errors.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,6 +36,8 @@ from ._token import Token
 
 __all__ = ["VaultAuth", "VaultLease", "VaultLoginError"]
 
+log = logging.getLogger("sa_token")
+
 METHODS = ("kubernetes", "jwt")
 FORBIDDEN = 403
 # Answers after which the same call may succeed later: too many requests, a proxy without a
@@ -42,16 +45,33 @@ FORBIDDEN = 403
 RETRY_LATER = frozenset({429, 502, 503, 504})
 # Seconds to wait for Vault: hvac's own default.
 DEFAULT_TIMEOUT = 30
+# Retries while Vault is unreachable wait at most this long: Vault Agent's cap, 5 minutes.
+DEFAULT_MAX_BACKOFF = 300.0
+# What to check after a refused login, by a fragment of Vault's error text (the first match).
+HINTS = (
+    ("sealed", "Vault is sealed: unseal it"),
+    ("role", "check that the role exists: `vault read auth/{mount}/role/{role}` (role=)"),
+    ("audience", "the token is for audience {aud}: check the role's audience (jwt: bound_audiences) "
+                 "and serviceAccountToken.audience in the pod's projected volume"),
+    ("not authorized|subject|claim", "the token is for {sub}: check the role's "
+                                     "bound_service_account_names and bound_service_account_namespaces "
+                                     "(jwt: bound_subject, bound_claims)"),
+    ("no handler|unsupported path", "no auth method is mounted at auth/{mount}: check mount_point="),
+    ("permission denied", "Vault's TokenReview of the token failed: check auth/{mount}/config "
+                          "(kubernetes_host, kubernetes_ca_cert, a token_reviewer_jwt allowed to create "
+                          "TokenReviews) and that the pod still exists; Vault's log says more"),
+    ("", "check the role {role!r} and auth/{mount}/config"),
+)
 
 
 class VaultLoginError(ExchangeError):
-    """No valid Vault token: the login failed (or none could be attempted).
+    """No valid Vault token: the login failed, or none could be attempted.
 
-    The message quotes Vault's own error text (`server_message`, with `status`) and says what
-    to check; it never contains a token. `reason` is `"rejected"` (Vault refused: wrong role,
-    audience not allowed, service account not bound), `"unreachable"`, `"unavailable"` (sealed,
-    5xx; `transient` is true for both) or `"projected-token-..."` (the projected token expired
-    and the kubelet has not rotated it).
+    The message quotes Vault's own error text (also in `server_message`, with the HTTP
+    `status`) and says what to check; it never contains a token. `reason` is `"rejected"`
+    (wrong role, audience not allowed, service account not bound...), `"unreachable"`,
+    `"unavailable"` (sealed, 5xx: `transient` is true for these two) or
+    `"projected-token-expired"` (the kubelet has not rotated an expired projected token).
     """
 
     reason = "rejected"
@@ -59,8 +79,7 @@ class VaultLoginError(ExchangeError):
 
 @dataclass(frozen=True)
 class VaultLease:
-    """The Vault token held now, without the token itself (see
-    [`VaultAuth.token`][sa_token.vault.VaultAuth.token])."""
+    """The Vault token held now, without the token itself."""
 
     accessor: str
     policies: tuple[str, ...]
@@ -78,10 +97,10 @@ class _Issued:
 
 
 class _Vault:
-    """The exchange: Vault's HTTP calls, through hvac's adapter (TLS, namespace, timeout)."""
+    """The exchange (`sa_token._lease.Exchange`): Vault's calls through hvac's adapter."""
 
-    def __init__(self, url: str, role: str, method: str, mount: str, path: str, **adapter: Any) -> None:
-        self.url, self.role, self.method, self.mount, self.path = url, role, method, mount, path
+    def __init__(self, url: str, role: str, mount: str, path: str, **adapter: Any) -> None:
+        self.url, self.role, self.mount, self.path = url, role, mount, path
         self.adapter = RawAdapter(base_uri=url, token=None, **adapter)
         self.sessions = [self.adapter.session]
 
@@ -92,11 +111,13 @@ class _Vault:
         return self._grant(self._call("renew", "/v1/auth/token/renew-self", cred))
 
     def valid(self, cred: _Issued) -> bool:
-        """False only if Vault says the token itself is invalid (lookup-self answers 403)."""
+        """False only if Vault says the token itself is invalid: lookup-self answers 403 (its
+        text does not tell a policy denial from an invalid token)."""
         try:
-            return self._call("check", "/v1/auth/token/lookup-self", cred, method="get") is not None
+            self._call("check", "/v1/auth/token/lookup-self", cred, method="get")
         except VaultLoginError as exc:
             return exc.status != FORBIDDEN
+        return True
 
     def revoke(self, cred: _Issued) -> None:
         self._call("revoke", "/v1/auth/token/revoke-self", cred)
@@ -104,23 +125,19 @@ class _Vault:
     def error(self, message: str, *, reason: str, transient: bool = False) -> VaultLoginError:
         return VaultLoginError(message, path=self.path, reason=reason, transient=transient)
 
-    def after_fork(self) -> None:  # connections inherited from the parent are the parent's
+    def after_fork(self) -> None:  # pooled connections in a forked child are the parent's
         for session in self.sessions:
             session.close()
 
-    def _call(
-        self, what: str, url: str, cred: Optional[_Issued], tok: Optional[Token] = None, method: str = "post"
-    ) -> Any:
+    def _call(self, what: str, url: str, cred: Optional[_Issued], tok: Optional[Token] = None,
+              method: str = "post") -> Any:
+        # The token goes straight into the request: no local of this frame holds it.
         failure = None
         try:
-            resp = self.adapter.request(
-                method,
-                url,
-                headers={"X-Vault-Token": cred.token} if cred else None,
-                json={"role": self.role, "jwt": tok.value} if tok else None,
-                raise_exception=False,
-            )
-        except requests.RequestException as exc:  # the raise below is outside: no chained frames
+            resp = self.adapter.request(method, url, raise_exception=False,
+                                        headers={"X-Vault-Token": cred.token} if cred else None,
+                                        json={"role": self.role, "jwt": tok.value} if tok else None)
+        except requests.RequestException as exc:  # raised below, outside: no chained frames
             failure = f"{type(exc).__name__}: {_fmt.text(exc)}"[:300]
         if failure is not None:
             raise self.error(f"cannot {what} at Vault {self.url}: {failure}; check url= and the network",
@@ -132,34 +149,17 @@ class _Vault:
         except ValueError:
             errors = [resp.text[:300]]
         said = _fmt.text(" ".join(" ".join(str(e).split()) for e in errors)) or resp.reason
-        busy = resp.status_code in RETRY_LATER or (what == "log in" and resp.status_code >= 500)
-        raise VaultLoginError(
-            f"Vault {self.url} refused to {what} (HTTP {resp.status_code}): {said}"
-            + (f"; {self._hint(said, tok)}" if tok else ""),
-            path=self.path, reason="unavailable" if busy else "rejected", transient=busy,
-            status=resp.status_code, server_message=said,
-        )
+        busy = resp.status_code in RETRY_LATER or (tok is not None and resp.status_code >= 500)
+        hint = "; " + self._hint(said, tok) if tok else ""
+        raise VaultLoginError(f"Vault {self.url} refused to {what} (HTTP {resp.status_code}): {said}{hint}",
+                              path=self.path, reason="unavailable" if busy else "rejected", transient=busy,
+                              status=resp.status_code, server_message=said)
 
     def _hint(self, said: str, tok: Token) -> str:
-        text, auth = said.lower(), f"auth/{self.mount}"
-        if "sealed" in text:
-            return "Vault is sealed: unseal it"
-        if "role" in text:
-            return f"check that the role exists: `vault read {auth}/role/{self.role}` (role=)"
-        if "audience" in text:
-            field = "audience" if self.method == "kubernetes" else "bound_audiences"
-            return (f"the token is for audience {_fmt.text(list(tok.audiences))}: check the role's {field} "
-                    "and serviceAccountToken.audience in the pod's projected volume")
-        if "not authorized" in text or "subject" in text or "claim" in text:
-            return (f"the token is for {_fmt.text(tok.subject)}: check the role's bound_service_account_names"
-                    " and bound_service_account_namespaces (jwt: bound_subject, bound_claims)")
-        if "no handler" in text or "unsupported path" in text:
-            return f"no auth method is mounted at {auth}: check mount_point="
-        if "permission denied" in text and self.method == "kubernetes":
-            return (f"Vault's TokenReview of the token failed: check {auth}/config (kubernetes_host, "
-                    "kubernetes_ca_cert, token_reviewer_jwt allowed to create TokenReviews) and that "
-                    "the pod still exists; Vault's log says more")
-        return f"check the role {self.role!r} and {auth}/config"
+        text = said.lower()
+        hint = next(h for keys, h in HINTS if any(k in text for k in keys.split("|")))
+        return hint.format(mount=self.mount, role=self.role, aud=_fmt.text(list(tok.audiences)),
+                           sub=_fmt.text(tok.subject))
 
     @staticmethod
     def _grant(body: Any) -> Grant[_Issued]:
@@ -176,74 +176,60 @@ class VaultAuth:
         source: the projected token, for an audience the Vault role accepts.
         url: Vault's address.
         role: the Vault role to log in as.
-        method: `"kubernetes"` (TokenReview through the API server) or `"jwt"` (the JWT/OIDC
-            method, offline signature checks).
+        method: `"kubernetes"` (Vault asks the API server with a TokenReview) or `"jwt"` (the
+            JWT/OIDC method: offline signature checks).
         mount_point: where the auth method is mounted (default: the method's name).
         verify: a CA bundle path, or `False`, as hvac takes it.
         namespace: a Vault namespace.
         timeout: seconds to wait for Vault.
         revoke_on_close: [`close`][sa_token.vault.VaultAuth.close] also revokes the token.
-        max_backoff: the longest wait, seconds, between retries while Vault is unreachable.
+        max_backoff: the longest wait, in seconds, between retries while Vault is unreachable.
 
     Raises:
         VaultLoginError: the first login failed (the constructor logs in).
     """
 
-    def __init__(
-        self,
-        source: TokenSource,
-        *,
-        url: str,
-        role: str,
-        method: str = "kubernetes",
-        mount_point: Optional[str] = None,
-        verify: Union[bool, str] = True,
-        namespace: Optional[str] = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        revoke_on_close: bool = False,
-        max_backoff: float = 300.0,  # Vault Agent's cap: 5 minutes
-    ) -> None:
+    def __init__(self, source: TokenSource, *, url: str, role: str, method: str = "kubernetes",
+                 mount_point: Optional[str] = None, verify: Union[bool, str] = True,
+                 namespace: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT,
+                 revoke_on_close: bool = False, max_backoff: float = DEFAULT_MAX_BACKOFF) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {method!r}")
         self.source, self.url, self.role, self.method = source, url.rstrip("/"), role, method
         self.mount_point = (mount_point or method).strip("/")
         self.revoke_on_close = revoke_on_close
-        self._verify, self._namespace, self._timeout = verify, namespace, timeout
-        self._vault = _Vault(self.url, role, method, self.mount_point, source.path,
-                             verify=verify, namespace=namespace, timeout=timeout)
+        self._hvac: dict[str, Any] = {"verify": verify, "namespace": namespace, "timeout": timeout}
+        self._vault = _Vault(self.url, role, self.mount_point, source.path, **self._hvac)
         self._client: Optional[hvac.Client] = None
         self._client_lock = threading.Lock()
+        # OpenBao's Kubernetes method reviews the login-time projected token at every renewal.
         self._keeper: LeaseKeeper[_Issued] = LeaseKeeper(
             source, self._vault, name=f"Vault {self.url} role {role!r} (auth/{self.mount_point})",
-            renewal_needs_login_token=method == "kubernetes", backoff_max=max_backoff,
-        )
+            renewal_needs_login_token=method == "kubernetes", backoff_max=max_backoff)
         track_credential(self)
 
     def client(self) -> hvac.Client:
-        """The `hvac.Client` of this login (one per `VaultAuth`, thread-safe as hvac is): each
-        request carries the current Vault token. A 403 because the token is no longer valid
-        (revoked, Vault restarted) leads to one new login and one retry; a policy denial is
-        raised as is. Do not set `client.token` or log in through it."""
+        """The `hvac.Client` of this login (one per `VaultAuth`): each request carries the
+        current Vault token. A 403 because that token is no longer valid (revoked, Vault
+        restarted) leads to one new login and one retry; a policy denial is raised as is. Do not
+        set `client.token` or log in through it."""
         with self._client_lock:
             if self._client is None:
-                self._client = hvac.Client(
-                    url=self.url, token="", verify=self._verify, namespace=self._namespace,
-                    timeout=self._timeout,  # type: ignore[arg-type] # requests takes a float
-                    adapter=functools.partial(_Adapter, vault=self),  # type: ignore[arg-type]
-                )
+                adapter = functools.partial(_Adapter, vault=self)  # hvac calls it like a class
+                self._client = hvac.Client(url=self.url, token="", adapter=adapter, **self._hvac)  # type: ignore[arg-type]
                 self._vault.sessions.append(self._client.session)
             return self._client
 
     def token(self) -> str:
-        """The current Vault token. Waits only when no valid token exists (then it logs in)."""
+        """The current Vault token. Waits only when no valid token is held (for a login)."""
         return self._keeper.current().credential.token
 
     async def atoken(self) -> str:
         """[`token`][sa_token.vault.VaultAuth.token] for asyncio: never blocks the event loop."""
-        lease = self._keeper.peek()
-        if lease is not None and lease.valid(self._keeper._now()):
+        lease = self._keeper.current_nowait()
+        if lease is not None:
             return lease.credential.token
-        import asyncio
+        import asyncio  # here: most users never need it
 
         return await asyncio.get_running_loop().run_in_executor(None, self.token)
 
@@ -251,9 +237,9 @@ class VaultAuth:
     def lease(self) -> VaultLease:
         """The Vault token held now: accessor, policies, expiry, renewable."""
         lease = self._keeper.peek() or self._keeper.current()
-        cred = lease.credential
-        exp = datetime.fromtimestamp(lease.expires_at, timezone.utc) if lease.expires_at < 1e11 else None
-        return VaultLease(cred.accessor, cred.policies, exp, lease.renewable, cred.token_type)
+        cred, exp = lease.credential, lease.expires_at
+        expires_at = datetime.fromtimestamp(exp, timezone.utc) if math.isfinite(exp) else None
+        return VaultLease(cred.accessor, cred.policies, expires_at, lease.renewable, cred.token_type)
 
     def close(self) -> None:
         """Stop renewing; with `revoke_on_close`, revoke the token this process obtained."""
@@ -262,7 +248,7 @@ class VaultAuth:
             try:
                 self._vault.revoke(lease.credential)
             except VaultLoginError as exc:
-                _log.warning("sa-token: could not revoke Vault token %s: %s", lease.credential.accessor, exc)
+                log.warning("sa-token: could not revoke Vault token %s: %s", lease.credential.accessor, exc)
         self._vault.after_fork()  # closes the connections
 
     def __enter__(self) -> VaultAuth:
@@ -274,7 +260,7 @@ class VaultAuth:
     def __repr__(self) -> str:
         return f"VaultAuth(url={self.url!r}, role={self.role!r}, method={self.method!r}, {self._keeper!r})"
 
-    # The metrics' ExchangedCredential protocol (sa_token._observe).
+    # The ExchangedCredential protocol of sa_token._observe, for the metrics.
     credential_kind = "vault"
 
     @property
@@ -283,18 +269,17 @@ class VaultAuth:
 
     @property
     def credential_audience(self) -> Optional[str]:
-        auds = self.source.audiences
-        return auds[0] if auds else None
+        return self.source.audiences[0] if self.source.audiences else None
 
     def credential_expires_at(self) -> Optional[float]:
         lease = self._keeper.peek()
-        return lease.expires_at if lease is not None and lease.expires_at < 1e11 else None
+        return lease.expires_at if lease is not None and math.isfinite(lease.expires_at) else None
 
     def _after_403(self, sent: Lease[_Issued]) -> Optional[Lease[_Issued]]:
-        """The lease to retry a refused request with, or None for a policy denial."""
-        now = self._keeper.peek()
-        if now is not None and now.generation != sent.generation and now.valid(self._keeper._now()):
-            return now  # another thread already logged in again
+        """The lease to send a refused request again with, or None for a policy denial."""
+        held = self._keeper.current_nowait()
+        if held is not None and held.generation != sent.generation:
+            return held  # another thread logged in again already
         if self._vault.valid(sent.credential):
             return None
         count_auth_retry("vault")
@@ -302,8 +287,8 @@ class VaultAuth:
 
 
 class _Adapter(JSONAdapter):
-    """hvac's JSON adapter with the token of a `VaultAuth`: the header is set per request from the
-    lease (a thread-local holds which one was sent), and a 403 is checked with lookup-self."""
+    """hvac's JSON adapter with the token of a `VaultAuth`, set per request from the lease (a
+    thread-local holds the one being sent); a 403 is checked and retried once."""
 
     def __init__(self, *args: Any, vault: VaultAuth, **kwargs: Any) -> None:
         self._vault = vault
@@ -311,7 +296,7 @@ class _Adapter(JSONAdapter):
         super().__init__(*args, **kwargs)
 
     @property
-    def token(self) -> str:  # read by RawAdapter.request for the X-Vault-Token header
+    def token(self) -> str:  # RawAdapter.request reads it for the X-Vault-Token header
         lease = getattr(self._sending, "lease", None) or self._vault._keeper.current()
         return str(lease.credential.token)
 
@@ -341,17 +326,13 @@ class _Adapter(JSONAdapter):
     def _send(self, lease: Lease[_Issued], method: str, url: str, headers: Any, kwargs: Any) -> Any:
         self._sending.lease = lease
         try:
-            return super(JSONAdapter, self).request(
-                method, url, headers=dict(headers) if headers else None, raise_exception=False, **kwargs
-            )
+            return super(JSONAdapter, self).request(  # RawAdapter's: a Response, never raising
+                method, url, headers=dict(headers) if headers else None, raise_exception=False, **kwargs)
         except requests.RequestException as exc:
             error = exc
         finally:
             self._sending.lease = None
-        # Re-raised without the frames below (they hold the headers, token included).
+        # Raised without the frames below this one: they hold the headers, token included.
         error.__context__ = None
         error.__suppress_context__ = True
         raise error.with_traceback(None)
-
-
-_log = logging.getLogger("sa_token")
