@@ -190,3 +190,19 @@ def test_restart_keeps_the_configuration_but_not_the_tokens(openbao: OpenBaoServ
         client.auth.token.lookup_self()  # the token is gone with the old server
     client.auth.jwt.jwt_login(role="app", jwt=token)  # the role is back
     assert client.auth.token.lookup_self()["data"]["ttl"] > 0
+
+
+def test_the_testing_docs_vault_example_runs(
+    openbao: OpenBaoServer, token_issuer: TokenIssuer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    from sa_token.testing import ProjectedVolume
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "testing.md").read_text()
+    (code,) = re.findall(r"```python\n(from sa_token import TokenSource\nfrom sa_token.testing import Kubelet\n.*?)```",
+                         docs, re.S)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/testing.md", "exec"), namespace)  # our own documentation
+    namespace["test_reads_survive_a_revocation"](
+        openbao, token_issuer, ProjectedVolume(tmp_path / "sa"), monkeypatch, tmp_path)

@@ -3,7 +3,7 @@
 ```python
 source = TokenSource("/var/run/secrets/tokens/vault-token", audience="vault")
 vault = VaultAuth(source, url="https://vault.vault.svc:8200", role="payments")
-vault.client().secrets.kv.v2.read_secret_version(path="db")
+vault.client().secrets.kv.v2.read_secret_version(path="db", raise_on_deleted_version=True)
 ```
 
 The lease logic (renew at about 2/3 of the TTL, log in again, backoff, single flight, fork) is

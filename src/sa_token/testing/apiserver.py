@@ -363,6 +363,9 @@ class FakeAPIServer:
       can rely on an expired token being rejected at once; the real API server allows 60).
     * ``host``: the address to bind, ``127.0.0.1`` by default (``::1`` for IPv6).
 
+    TokenReviews (what Vault's Kubernetes auth method sends): `reviews` lists them by `jti`,
+    `delete_pod()` makes a pod's tokens fail, `review_delay` (seconds) makes each review slow.
+
     Starts serving in a daemon thread at construction; :meth:`close` (or leaving the ``with``
     block) stops it and closes open connections.
     """
