@@ -370,3 +370,22 @@ def test_a_forked_child_logs_in_for_its_own_credential(tmp_path: Path, token_iss
     assert k.current() is parent and parent.owned  # the parent is untouched
     k.close()
     source.close()
+
+
+def test_the_wall_clock_is_read_at_each_call_so_freezegun_works(tmp_path: Path, token_issuer: TokenIssuer) -> None:
+    freezegun = pytest.importorskip("freezegun")
+    with freezegun.freeze_time("2030-01-01 00:00:00") as frozen:
+        volume = ProjectedVolume(tmp_path / "tokens")
+        Kubelet(volume, token_issuer, audiences=[AUD]).rotate(expiration_seconds=7200)
+        with TokenSource(volume.token_path, audience=AUD, watch=False) as source:
+            ex = FakeExchange(time.time, ttl=600, max_ttl=86400)  # type: ignore[arg-type]
+            k = LeaseKeeper(source, ex, name="fake", background=False)
+            lease = k.current()
+            assert lease.expires_at == time.time() + 600
+            frozen.tick(430)  # past 70-73% of the TTL, in frozen time
+            assert k.current() is lease  # readers are not kept waiting: the step renews
+            assert 0.7 * 600 <= k.step() < 0.74 * 600 and k.renewals == 1
+            assert k.current().expires_at == time.time() + 600
+            frozen.tick(300)
+            assert k.step() > 0 and k.renewals == 1  # nothing due yet
+            k.close()

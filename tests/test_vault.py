@@ -22,6 +22,7 @@ import pytest
 
 from conftest import wait_for
 from sa_token import TokenSource
+from sa_token._observe import ExchangedCredential, auth_retries, credentials
 from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
 from sa_token.testing.openbao import OpenBaoServer
 
@@ -130,12 +131,28 @@ def test_a_token_revoked_from_outside_recovers_with_one_login(env: Env) -> None:
     with env.vault("steady") as vault:
         assert read(vault) == {"password": "s3cret"}
         old = vault.lease.accessor
+        retries = auth_retries().get("vault", 0)
         env.bao.revoke(old)
         assert read(vault) == {"password": "s3cret"}  # 403, lookup-self 403, login, retry
         assert vault.lease.accessor != old
+        assert auth_retries().get("vault", 0) == retries + 1
         assert env.bao.count("auth/kubernetes/login") == 2
         assert env.bao.count("auth/token/lookup-self", ok=False) == 1
         assert env.bao.count("secret/data/db", ok=False) == 1
+
+
+def test_the_vault_token_is_reported_to_the_metrics(env: Env) -> None:
+    vault = env.vault("steady")
+    assert isinstance(vault, ExchangedCredential) and vault in credentials()
+    assert (vault.credential_kind, vault.credential_audience) == ("vault", "vault")
+    assert vault.credential_source_path == str(env.volume.token_path)
+    lease = vault.lease
+    assert lease.expires_at is not None and lease.expires_at.tzinfo is not None
+    assert vault.credential_expires_at() == pytest.approx(lease.expires_at.timestamp())
+    assert 55 < lease.expires_at.timestamp() - time.time() <= 60 and lease.renewable
+    assert lease.policies == ("default", "payments") and lease.token_type == "service"
+    vault.close()
+    assert vault.credential_expires_at() is None
 
 
 def test_a_policy_denial_is_returned_as_is(env: Env) -> None:
