@@ -151,8 +151,23 @@ def test_the_vault_token_is_reported_to_the_metrics(env: Env) -> None:
     assert vault.credential_expires_at() == pytest.approx(lease.expires_at.timestamp())
     assert 55 < lease.expires_at.timestamp() - time.time() <= 60 and lease.renewable
     assert lease.policies == ("default", "payments") and lease.token_type == "service"
+    client = vault.client()
+    assert client.token == vault.token() and client.is_authenticated()
+    with pytest.raises(AttributeError, match="managed by VaultAuth"):
+        client.token = "s.other"
     vault.close()
     assert vault.credential_expires_at() is None
+
+
+def test_a_batch_token_is_logged_in_again_not_renewed(env: Env) -> None:
+    env.bao.add_role("batch", token_ttl=60, token_type="batch", **ROLE)  # type: ignore[arg-type]
+    with env.vault("batch", method="jwt") as vault:
+        lease = vault.lease
+        assert (lease.token_type, lease.renewable, lease.accessor) == ("batch", False, "")
+        held = vault._keeper.peek()
+        assert held is not None and held.relogin  # the next action is a login...
+        assert 42 <= held.refresh_at - time.time() <= 44  # ...at 70-73% of the TTL
+        assert read(vault) == {"password": "s3cret"}
 
 
 def test_a_policy_denial_is_returned_as_is(env: Env) -> None:
