@@ -310,6 +310,33 @@ def test_after_a_rotation_the_kubernetes_method_logs_in_with_the_new_token(
     w.source.close()
 
 
+def test_retries_never_renew_past_the_login_token_limit(
+    tmp_path: Path, token_issuer: TokenIssuer, clock: FakeClock
+) -> None:
+    # OpenBao revokes the Vault token when a renewal comes after the login-time projected token
+    # expired: a renewal retried after a failure must not slip past the limit either. The
+    # projected token (600 s) was minted 495 s ago: the limit (its expiry less 30 s) falls 75 s
+    # after the login, just after the first renewal is due (70-73 s with a 100 s TTL).
+    w = make_world(tmp_path, token_issuer, clock, 600)
+    w.kubelet.rotate(now=clock.now - 495, expiration_seconds=600)
+    w.source.reload()
+    ex = FakeExchange(clock, ttl=100, max_ttl=86400)
+    k = keeper(w, ex, bound=True)
+    lease = k.current()
+    limit = lease.login_token.expires_at.timestamp() - 30  # type: ignore[union-attr]
+    assert lease.refresh_at < limit and not lease.relogin  # a renewal is due before the limit
+    ex.fail = "transient"  # and fails: the retries back off past the limit
+    calls_at_limit = None
+    while clock.now < limit + 20:
+        delay = k.step()
+        if clock.now >= limit and calls_at_limit is None:
+            calls_at_limit = ex.renew_calls
+        clock.advance(max(delay, 0.25))
+    assert calls_at_limit is not None and calls_at_limit >= 1
+    assert ex.renew_calls == calls_at_limit  # none after the limit
+    assert k.current() is lease  # still valid (until login + 100 s): kept
+
+
 def test_an_expired_projected_token_is_never_sent(
     tmp_path: Path, token_issuer: TokenIssuer, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -300,6 +300,7 @@ class LeaseKeeper(Generic[C]):
             or not lease.owned
             or now >= self._rotation_at
             or self._waiting
+            or (self.bound and now >= self._login_token_limit(lease.login_token))  # a late retry
         ):
             self._login(now)
         else:
