@@ -401,7 +401,10 @@ def test_a_forked_child_logs_in_for_its_own_credential(tmp_path: Path, token_iss
 
 def test_the_wall_clock_is_read_at_each_call_so_freezegun_works(tmp_path: Path, token_issuer: TokenIssuer) -> None:
     freezegun = pytest.importorskip("freezegun")
-    with freezegun.freeze_time("2030-01-01 00:00:00") as frozen:
+    # freezegun scans every loaded module when it starts; the kubernetes clients resolve their
+    # models lazily on attribute access (pydantic, which rejects a FakeDatetime): skip them.
+    lazy = ["kubernetes", "kubernetes_asyncio"]
+    with freezegun.freeze_time("2030-01-01 00:00:00", ignore=lazy) as frozen:
         volume = ProjectedVolume(tmp_path / "tokens")
         Kubelet(volume, token_issuer, audiences=[AUD]).rotate(expiration_seconds=7200)
         with TokenSource(volume.token_path, audience=AUD, watch=False) as source:
