@@ -310,6 +310,7 @@ def test_a_forked_worker_gets_its_own_token_and_the_parent_keeps_its_own(env: En
     assert env.bao.count("auth/token/revoke-self") == 2
 
 
+@pytest.mark.slow
 def test_atoken_never_blocks_the_event_loop(env: Env) -> None:
     vault = env.vault(method="kubernetes", max_backoff=0.3)
     env.bao.apiserver.review_delay = 1.0  # every login (and renewal) takes a second
