@@ -33,6 +33,8 @@ MODULES = [
     "bench_scale",
     "bench_import",
     "bench_metrics",
+    "bench_overhead",
+    "bench_vault",
 ]
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

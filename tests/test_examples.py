@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,8 +22,10 @@ from typing import Any
 import jwt
 import pytest
 
+from conftest import wait_for
 from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer, assert_no_token
 from sa_token.testing.apiserver import FakeAPIServer
+from sa_token.testing.openbao import OpenBaoServer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
@@ -67,11 +70,6 @@ def make_env(tmp_path: Path, issuer: TokenIssuer, audience: str, token_key: str 
 
 
 @pytest.fixture
-def vault_env(tmp_path: Path, token_issuer: TokenIssuer) -> Iterator[Env]:
-    yield from make_env(tmp_path, token_issuer, "vault", token_key="vault-token")
-
-
-@pytest.fixture
 def api_env(tmp_path: Path, token_issuer: TokenIssuer) -> Iterator[Env]:
     yield from make_env(tmp_path, token_issuer, API_AUDIENCE)
 
@@ -100,53 +98,86 @@ def test_vault_pod_yaml_is_a_valid_projected_token_pod() -> None:
     sa, pod = kinds["ServiceAccount"], kinds["Pod"]
     assert pod["spec"]["serviceAccountName"] == sa["metadata"]["name"]
     assert pod["metadata"]["namespace"] == sa["metadata"]["namespace"]
-    (volume,) = pod["spec"]["volumes"]
-    (source,) = volume["projected"]["sources"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    (source,) = volumes["vault-token"]["projected"]["sources"]
     sat = source["serviceAccountToken"]
     assert sat == {"audience": "vault", "expirationSeconds": 7200, "path": "vault-token"}
     assert sat["expirationSeconds"] >= 600  # the API's minimum
     (container,) = pod["spec"]["containers"]
-    (mount,) = container["volumeMounts"]
-    assert mount["name"] == volume["name"]
-    assert "subPath" not in mount  # a subPath mount would never rotate
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert set(mounts) == set(volumes)
+    assert all("subPath" not in m for m in mounts.values())  # a subPath mount would never rotate
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["TOKEN_PATH"] == f"{mount['mountPath']}/{sat['path']}"
-    assert container["command"][-1].endswith("vault_requests.py")
+    assert env["TOKEN_PATH"] == f"{mounts['vault-token']['mountPath']}/{sat['path']}"
+    assert env["VAULT_CACERT"].startswith(mounts["vault-ca"]["mountPath"] + "/")
+    assert env["VAULT_ADDR"].startswith("https://") and env["VAULT_ROLE"] == sa["metadata"]["name"]
+    assert container["command"][-1].endswith("vault_kv.py")
+    assert (EXAMPLES / Path(container["command"][-1]).name).exists()
 
 
-def test_vault_requests_example_follows_rotations(vault_env: Env) -> None:
-    # The kubelet rotates every 0.5 s; the script calls 6 times, 0.4 s apart: it must send each
-    # new token (a kept one expires within 10 s anyway) and never fail.
-    vault_env.kubelet.start(every=0.5)
+def _vault_env(openbao: OpenBaoServer, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env["HOME"] = str(tmp_path / "home")  # hvac would read ~/.vault-token
+    env["VAULT_ADDR"] = openbao.url
+    return env
+
+
+@pytest.mark.slow
+def test_vault_kv_example_reads_across_rotations(openbao: OpenBaoServer, tmp_path: Path, token_issuer: TokenIssuer) -> None:
+    pytest.importorskip("hvac")
+    openbao.add_policy("payments", 'path "secret/data/db" { capabilities = ["read"] }')
+    openbao.add_role("payments", namespace="payments", service_account="payments", policies=["payments"],
+                     token_ttl=2, token_max_ttl=6)
+    openbao.write_secret("db", {"username": "app", "password": "s3cret"})
+    volume = ProjectedVolume(tmp_path / "tokens", token_key="vault-token")
+    tokens: list[str] = []
+    kubelet = Kubelet(volume, token_issuer, audiences=["vault"], namespace="payments",
+                      service_account="payments", on_rotate=tokens.append)
+    stop = threading.Event()
+
+    def rotate_every_second() -> None:
+        while True:  # each token expires 8-9 s after it is written: a kept one would be refused
+            kubelet.rotate(now=time.time() - AGE, expiration_seconds=LIFETIME)
+            if stop.wait(1.0):
+                return
+
+    rotator = threading.Thread(target=rotate_every_second)
+    rotator.start()
+    assert wait_for(volume.token_path.exists)
     try:
-        res = run_example(
-            "vault_requests.py",
-            "--count",
-            "6",
-            "--interval",
-            "0.4",
-            env={
-                "TOKEN_PATH": str(vault_env.volume.token_path),
-                "VAULT_URL": f"{vault_env.server.url}/echo",
-                "VAULT_CACERT": vault_env.ca_file,
-            },
-        )
+        env = _vault_env(openbao, tmp_path)
+        env["TOKEN_PATH"] = str(volume.token_path)
+        res = subprocess.run([sys.executable, str(EXAMPLES / "vault_kv.py"), "--count", "8", "--interval", "0.5"],
+                             capture_output=True, text=True, env=env, timeout=60, check=False)
     finally:
-        vault_env.kubelet.stop()
+        stop.set()
+        rotator.join()
     assert res.returncode == 0, res.stdout + res.stderr
     lines = res.stdout.splitlines()
-    assert len(lines) == 6 and all(re.fullmatch(r"call \d: 200 jti=[0-9a-f-]{36}", ln) for ln in lines)
-    seen = {ln.split("jti=")[1] for ln in lines}
-    assert len(seen) >= 2, "the script never sent a rotated token"
-    assert seen <= {jti(t) for t in vault_env.tokens}
-    assert all(r.authorized for r in vault_env.server.requests)
-    assert_no_token(res.stdout + res.stderr, vault_env.tokens)
+    assert len(lines) == 8
+    assert all(re.fullmatch(r"read \d: db keys=password,username accessor=\w+", ln) for ln in lines), lines
+    assert len({ln.split("accessor=")[1] for ln in lines}) >= 2  # logged in again on the way
+    reviews = openbao.apiserver.reviews
+    assert all(r.authenticated for r in reviews)  # never an expired projected token
+    assert len({r.token_jti for r in reviews}) >= 2, "the example never sent a rotated token"
+    assert "s3cret" not in res.stdout + res.stderr
+    assert_no_token(res.stdout + res.stderr, tokens)
 
 
-def test_vault_requests_example_wrong_audience_fails_clearly(api_env: Env) -> None:
-    res = run_example("vault_requests.py", "--count", "1", env={"TOKEN_PATH": str(api_env.volume.token_path)})
+def test_vault_kv_example_fails_clearly(openbao: OpenBaoServer, api_env: Env, tmp_path: Path) -> None:
+    pytest.importorskip("hvac")
+    env = _vault_env(openbao, tmp_path)
+    env["TOKEN_PATH"] = str(api_env.volume.token_path)  # a token for the API server, not Vault
+    res = subprocess.run([sys.executable, str(EXAMPLES / "vault_kv.py"), "--count", "1"],
+                         capture_output=True, text=True, env=env, timeout=30, check=False)
     assert res.returncode == 2
     assert "not 'vault'" in res.stderr and "Traceback" not in res.stderr
+    api_env.kubelet.rotate(audiences=["vault"])
+    res = subprocess.run([sys.executable, str(EXAMPLES / "vault_kv.py"), "--count", "1", "--role", "nope"],
+                         capture_output=True, text=True, env=env, timeout=30, check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert 'invalid role name "nope"' in res.stderr and "check that the role exists" in res.stderr
+    assert_no_token(res.stdout + res.stderr, api_env.tokens)
 
 
 # ----------------------------------------------------------------------- kubernetes -------

@@ -24,6 +24,9 @@ Endpoints:
   ``?watch=true`` streams of ``configmaps``, ``events``, ``pods`` and CRDs, from
   ``server.objects`` (``put``/``delete`` objects, ``close_watches()`` to end the streams from
   the server side): enough for a kopf operator in standalone mode.
+* ``POST /apis/authentication.k8s.io/v1/tokenreviews``: a ``TokenReview`` of ``spec.token``
+  for ``spec.audiences``, answered as kube-apiserver does (see `FakeAPIServer.reviews`,
+  `FakeAPIServer.delete_pod`); this is what Vault's Kubernetes auth method calls.
 * anything else: a 404 ``Status``.
 
 TLS certificates come from ``trustme`` (the ``testing`` extra). `rotate_ca()` replaces the CA
@@ -40,6 +43,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,13 +55,17 @@ from ._objects import ObjectStore
 if TYPE_CHECKING:
     from ._issuer import TokenIssuer
 
-__all__ = ["FakeAPIServer", "RequestRecord"]
+__all__ = ["FakeAPIServer", "RequestRecord", "TokenReviewRecord"]
 
 # The audience kube-apiserver accepts by default (--api-audiences defaults to the issuer), which is
 # also what Kubelet and TokenIssuer put in a token by default.
 DEFAULT_AUDIENCES = ("https://kubernetes.default.svc.cluster.local",)
 # A client that opens a connection and then goes silent must not hold a handler thread forever.
 IDLE_CONNECTION_TIMEOUT = 30.0
+# Where kube-apiserver serves TokenReview (authentication.k8s.io/v1), the API Vault calls.
+TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+# A TokenReview body is a token plus a few fields: a few KiB. Refuse anything far larger.
+MAX_REVIEW_BODY = 1 << 20
 # The version this server claims to be (only reported, nothing depends on it).
 VERSION_INFO = {
     "major": "1",
@@ -87,6 +95,17 @@ class RequestRecord:
     authorized: bool
     scheme: Optional[str] = None  # the Authorization scheme as sent ("Bearer"), None if absent
     error: Optional[str] = None  # why authentication failed: "missing", "forced" or the jwt error class
+
+
+@dataclass(frozen=True)
+class TokenReviewRecord:
+    """One ``TokenReview`` the server answered. Never the token itself."""
+
+    token_jti: Optional[str]  # the jti of the reviewed token (verified or not); None if it has none
+    audiences: tuple[str, ...]  # spec.audiences as asked; () means "the server's own audiences"
+    authenticated: bool
+    error: Optional[str]  # status.error, as kube-apiserver words it; None when authenticated
+    pod: Optional[str]  # "namespace/name" of the pod the token is bound to, if any
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -175,6 +194,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle()
 
     def do_POST(self) -> None:
+        if urlsplit(self.path).path == TOKEN_REVIEW_PATH:
+            self._token_review()
+            return
         self._handle()
 
     def do_PUT(self) -> None:
@@ -285,6 +307,59 @@ class _Handler(BaseHTTPRequestHandler):
         record(status, jti, True, scheme, None)
         self._send_json(status, body)
 
+    def _token_review(self) -> None:
+        """``POST .../tokenreviews``: the caller authenticates with its own token (as the
+        Vault server's reviewer token does); the body's ``spec.token`` is reviewed."""
+        owner = self.server.owner
+        path = TOKEN_REVIEW_PATH
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_REVIEW_BODY:
+            self.close_connection = True
+            owner._record(RequestRecord("POST", path, 413, None, False, None, "too large"))
+            self._send_json(413, _status(413, "RequestEntityTooLarge", "request body too large"))
+            return
+        raw = self.rfile.read(length) if length else b""
+        scheme, claims, jti, error = owner._authenticate(self.headers.get("Authorization"))
+        forced = owner._take_forced()
+        if forced is not None:
+            owner._record(RequestRecord("POST", path, forced, jti, False, scheme, "forced"))
+            self._send_json(forced, _status(forced, "Forced", "Forced"))
+            return
+        if claims is None:
+            owner._record(RequestRecord("POST", path, 401, jti, False, scheme, error))
+            self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
+            return
+        try:
+            spec = json.loads(raw or b"{}").get("spec") or {}
+            token = spec.get("token")
+            audiences = [str(a) for a in spec.get("audiences") or []]
+        except (ValueError, AttributeError, TypeError):
+            token, audiences = None, []
+        if not isinstance(token, str) or not token:
+            owner._record(RequestRecord("POST", path, 400, jti, True, scheme, None))
+            self._send_json(400, _status(400, "BadRequest", "spec.token: Required value"))
+            return
+        if owner.review_delay > 0:
+            time.sleep(owner.review_delay)
+        status = owner._review(token, audiences)
+        owner._record(RequestRecord("POST", path, 201, jti, True, scheme, None))
+        spec_out = {"audiences": audiences} if audiences else {}  # the token is not echoed back
+        self._send_json(
+            201,
+            {
+                "kind": "TokenReview",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"creationTimestamp": None},
+                "spec": spec_out,
+                "status": status,
+            },
+        )
+
+
+def _go_quoted(values: Iterable[str]) -> str:
+    """A string slice as Go's ``%q`` prints it: ``["a" "b"]``."""
+    return "[" + " ".join(json.dumps(v) for v in values) + "]"
+
 
 class FakeAPIServer:
     """An HTTPS server on 127.0.0.1 that authenticates bearer tokens like kube-apiserver.
@@ -298,6 +373,9 @@ class FakeAPIServer:
     * ``leeway``: seconds of clock skew allowed on ``exp``/``nbf`` (default 0, so that a test
       can rely on an expired token being rejected at once; the real API server allows 60).
     * ``host``: the address to bind, ``127.0.0.1`` by default (``::1`` for IPv6).
+
+    TokenReviews (what Vault's Kubernetes auth method sends): `reviews` lists them by `jti`,
+    `delete_pod()` makes a pod's tokens fail, `review_delay` (seconds) makes each review slow.
 
     Starts serving in a daemon thread at construction;
     [`close()`][sa_token.testing.apiserver.FakeAPIServer.close] (or leaving the ``with`` block) stops it and
@@ -322,6 +400,9 @@ class FakeAPIServer:
         self._lock = threading.Lock()
         self._records: list[RequestRecord] = []
         self._forced: list[int] = []
+        self._reviews: list[TokenReviewRecord] = []
+        self._deleted_pods: set[tuple[str, str]] = set()
+        self.review_delay = 0.0  # seconds each TokenReview takes: a slow API server
         self._conns: set[socket.socket] = set()
         self.handshake_failures = 0
         self.ca_generation = 0
@@ -400,6 +481,7 @@ class FakeAPIServer:
         with self._lock:
             self._records.clear()
             self._forced.clear()
+            self._reviews.clear()
 
     def fail_next(self, n: int = 1, *, status: int = 401) -> None:
         """Answer the next ``n`` authenticated-path requests with ``status`` (401 by default),
@@ -449,7 +531,109 @@ class FakeAPIServer:
             claims = self.issuer.verify(token, audience=self.audiences, leeway=self.leeway)
         except jwt.InvalidTokenError as exc:
             return scheme, None, jti if isinstance(jti, str) else None, type(exc).__name__
+        if self._bound_pod_deleted(claims):  # the API server rejects tokens of a deleted pod
+            return scheme, None, jti if isinstance(jti, str) else None, "invalidated"
         return scheme, claims, jti if isinstance(jti, str) else None, None
+
+    # ------------------------------------------------------------------ TokenReview -------
+    @property
+    def reviews(self) -> list[TokenReviewRecord]:
+        """A snapshot of the ``TokenReview`` requests answered so far, oldest first: which
+        token (its ``jti``) was reviewed, for which audiences, and the verdict."""
+        with self._lock:
+            return list(self._reviews)
+
+    def delete_pod(self, name: str, *, namespace: str = "default") -> None:
+        """Mark a pod deleted: tokens bound to it (claim ``kubernetes.io.pod``) no longer
+        authenticate, in a ``TokenReview`` ("service account token has been invalidated") or as
+        a bearer token, as with kube-apiserver once the pod is gone."""
+        with self._lock:
+            self._deleted_pods.add((namespace, name))
+
+    def _bound_pod_deleted(self, claims: dict[str, Any]) -> bool:
+        pod = self._bound_pod(claims)
+        with self._lock:
+            return pod is not None and pod in self._deleted_pods
+
+    @staticmethod
+    def _bound_pod(claims: dict[str, Any]) -> Optional[tuple[str, str]]:
+        k8s = claims.get("kubernetes.io")
+        pod = k8s.get("pod") if isinstance(k8s, dict) else None
+        if not isinstance(pod, dict) or not isinstance(k8s, dict):
+            return None
+        return (str(k8s.get("namespace")), str(pod.get("name")))
+
+    def _review(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        """The ``status`` of a TokenReview, checked in kube-apiserver's order: signature and
+        issuer, audiences (``spec.audiences``, else the server's own), expiry and not-before
+        (with ``leeway``), then the bound pod."""
+        import jwt
+
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.InvalidTokenError:
+            unverified = {}
+        jti = unverified.get("jti") if isinstance(unverified.get("jti"), str) else None
+        wanted = audiences or list(self.audiences or [])
+        pod = self._bound_pod(unverified)
+        granted: list[str] = []
+        claims: Optional[dict[str, Any]] = None
+        try:
+            claims = jwt.decode(
+                token,
+                self.issuer.public_key,
+                algorithms=["RS256"],
+                issuer=self.issuer.issuer,
+                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False},
+            )
+        except jwt.InvalidTokenError:
+            error: Optional[str] = "square/go-jose: error in cryptographic primitive"
+        else:
+            token_auds = claims.get("aud")
+            token_auds = [token_auds] if isinstance(token_auds, str) else list(token_auds or [])
+            granted = [a for a in token_auds if a in wanted]
+            now = time.time()
+            if wanted and not granted:
+                error = (
+                    f"token audiences {_go_quoted(token_auds)} is invalid for the target audiences "
+                    f"{_go_quoted(wanted)}"
+                )
+            elif not isinstance(claims.get("exp"), (int, float)) or now > claims["exp"] + self.leeway:
+                error = "service account token has expired"
+            elif isinstance(claims.get("nbf"), (int, float)) and now < claims["nbf"] - self.leeway:
+                error = "service account token is not valid yet"
+            elif self._bound_pod_deleted(claims):
+                error = "service account token has been invalidated"
+            else:
+                error = None
+        record = TokenReviewRecord(
+            jti, tuple(audiences), error is None, error, f"{pod[0]}/{pod[1]}" if pod else None
+        )
+        with self._lock:
+            self._reviews.append(record)
+        if error is not None or claims is None:
+            return {"authenticated": False, "user": {}, "error": f"[invalid bearer token, {error}]"}
+        k8s = claims.get("kubernetes.io") or {}
+        ns = str(k8s.get("namespace", ""))
+        sa = k8s.get("serviceaccount") or {}
+        extra: dict[str, list[str]] = {}
+        if isinstance(jti, str):
+            extra["authentication.kubernetes.io/credential-id"] = [f"JTI={jti}"]
+        for key in ("pod", "node"):
+            ref = k8s.get(key)
+            if isinstance(ref, dict):
+                extra[f"authentication.kubernetes.io/{key}-name"] = [str(ref.get("name"))]
+                extra[f"authentication.kubernetes.io/{key}-uid"] = [str(ref.get("uid"))]
+        return {
+            "authenticated": True,
+            "user": {
+                "username": claims.get("sub"),
+                "uid": sa.get("uid"),
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
+                "extra": extra,
+            },
+            "audiences": granted,
+        }
 
     # ------------------------------------------------------------------ lifecycle ---------
     def close(self) -> None:

