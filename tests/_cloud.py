@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import traceback
 from types import TracebackType
-from typing import Optional
+from typing import Any, Optional
 
 import jwt
 
 from sa_token._observe import ExchangedCredential, credentials
+from sa_token.testing import Kubelet
 
 # The frames whose locals are checked: the cloud integrations. (The core's own frames are the
 # core's business: TokenSource._checked_token holds the token string in `value` while it
@@ -21,6 +22,15 @@ CLOUD_MODULES = (
     "sa_token.azure",
     "sa_token.google",
 )
+
+
+class RecordingKubelet(Kubelet):
+    """A `Kubelet` that remembers every token it wrote, to scan any output for all of them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tokens: list[str] = []
+        self.on_rotate = self.tokens.append
 
 
 def jti(token: str) -> str:

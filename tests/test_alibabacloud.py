@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from alibabacloud_credentials.client import Client
 from alibabacloud_credentials.exceptions import CredentialException
 
-from _cloud import assert_clean_error, assert_no_token, jti, tracked
+from _cloud import RecordingKubelet, assert_clean_error, assert_no_token, jti, tracked
 from conftest import FakeClock, wait_for
 from sa_token import AudienceMismatchError, TokenExpiredError, TokenSource
 from sa_token._cloud import ConfigurationError, ExchangeError
@@ -26,10 +26,8 @@ SHORT = 900  # RAM's shortest session: 15 minutes is the SDK's refresh margin, s
 
 
 @pytest.fixture
-def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Iterator[Kubelet]:
-    k = Kubelet(projected_volume, token_issuer, audiences=[AUDIENCE], expiration_seconds=3600)
-    k.tokens = []  # type: ignore[attr-defined]
-    k.on_rotate = k.tokens.append  # type: ignore[attr-defined]
+def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Iterator[RecordingKubelet]:
+    k = RecordingKubelet(projected_volume, token_issuer, audiences=[AUDIENCE], expiration_seconds=3600)
     k.rotate()
     yield k
     k.stop()
@@ -37,18 +35,18 @@ def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Ite
 
 @pytest.fixture
 def sts(
-    token_issuer: TokenIssuer,
+    fake_sts: Callable[..., FakeSTS],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     projected_volume: ProjectedVolume,
-) -> Iterator[FakeSTS]:
-    with FakeSTS(token_issuer, platform="alibabacloud") as server:
-        # The SDK trusts certifi plus the system store, which SSL_CERT_FILE replaces; https is hard-coded.
-        monkeypatch.setenv("SSL_CERT_FILE", server.write_ca(tmp_path / "ca.pem"))
-        monkeypatch.setenv("ALIBABA_CLOUD_OIDC_TOKEN_FILE", str(projected_volume.token_path))
-        monkeypatch.setenv("ALIBABA_CLOUD_ROLE_ARN", ROLE)
-        monkeypatch.setenv("ALIBABA_CLOUD_OIDC_PROVIDER_ARN", PROVIDER)
-        yield server
+) -> FakeSTS:
+    server = fake_sts("alibabacloud")
+    # The SDK trusts certifi plus the system store, which SSL_CERT_FILE replaces; https is hard-coded.
+    monkeypatch.setenv("SSL_CERT_FILE", server.write_ca(tmp_path / "ca.pem"))
+    monkeypatch.setenv("ALIBABA_CLOUD_OIDC_TOKEN_FILE", str(projected_volume.token_path))
+    monkeypatch.setenv("ALIBABA_CLOUD_ROLE_ARN", ROLE)
+    monkeypatch.setenv("ALIBABA_CLOUD_OIDC_PROVIDER_ARN", PROVIDER)
+    return server
 
 
 def provider(sts: FakeSTS, source: TokenSource | None = None, **kwargs: object) -> RRSACredentialsProvider:
@@ -71,7 +69,7 @@ def test_client_gets_credentials_with_the_token_in_the_post_body(sts: FakeSTS) -
     assert tracked_cred.credential_audience == AUDIENCE
 
 
-def test_rotation_is_picked_up_sync_and_async(sts: FakeSTS, kubelet: Kubelet) -> None:
+def test_rotation_is_picked_up_sync_and_async(sts: FakeSTS, kubelet: RecordingKubelet) -> None:
     client = Client(provider=provider(sts, duration_seconds=SHORT))
     watcher = TokenSource(kubelet.volume.token_path, audience=AUDIENCE)
     for fetch in (client.get_credential, lambda: asyncio.run(client.get_credential_async())):
@@ -80,12 +78,12 @@ def test_rotation_is_picked_up_sync_and_async(sts: FakeSTS, kubelet: Kubelet) ->
             assert wait_for(lambda new=new: watcher.token() == new)
             assert fetch().access_key_id.startswith("STS.")
             assert sts.calls[-1].jti == jti(new) and sts.calls[-1].status == 200
-    assert {c.jti for c in sts.calls} <= {jti(t) for t in kubelet.tokens}  # type: ignore[attr-defined]
+    assert {c.jti for c in sts.calls} <= {jti(t) for t in kubelet.tokens}
     watcher.close()
 
 
 def test_an_expired_token_is_never_sent(
-    sts: FakeSTS, kubelet: Kubelet, caplog: pytest.LogCaptureFixture
+    sts: FakeSTS, kubelet: RecordingKubelet, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()
     client = Client(
@@ -100,13 +98,13 @@ def test_an_expired_token_is_never_sent(
     with pytest.raises(TokenExpiredError) as info:
         client.get_credential()
     assert len(sts.calls) == 1
-    assert_clean_error(info.value, kubelet.tokens)  # type: ignore[attr-defined]
-    assert_no_token(caplog.text, kubelet.tokens)  # type: ignore[attr-defined]
+    assert_clean_error(info.value, kubelet.tokens)
+    assert_no_token(caplog.text, kubelet.tokens)
 
 
 @pytest.mark.usefixtures("kubelet")
 def test_sts_refusal_is_typed_with_alibabas_code(
-    sts: FakeSTS, kubelet: Kubelet, caplog: pytest.LogCaptureFixture
+    sts: FakeSTS, kubelet: RecordingKubelet, caplog: pytest.LogCaptureFixture
 ) -> None:
     sts.reject("AuthenticationFail.NoPermission", "There is no permission")
     with pytest.raises(STSError) as info:
@@ -116,8 +114,8 @@ def test_sts_refusal_is_typed_with_alibabas_code(
     assert (err.code, err.status, err.platform) == ("AuthenticationFail.NoPermission", 400, "alibabacloud")
     assert err.request_id and err.path == str(kubelet.volume.token_path)
     assert "There is no permission" in str(err)
-    assert_clean_error(err, kubelet.tokens)  # type: ignore[attr-defined]
-    assert_no_token(caplog.text, kubelet.tokens)  # type: ignore[attr-defined]
+    assert_clean_error(err, kubelet.tokens)
+    assert_no_token(caplog.text, kubelet.tokens)
 
 
 def test_the_verifying_sts_refuses_another_audience(

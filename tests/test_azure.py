@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
 
-from _cloud import assert_clean_error, assert_no_token, jti, tracked
+from _cloud import RecordingKubelet, assert_clean_error, assert_no_token, jti, tracked
 from conftest import FakeClock, wait_for
 from sa_token import AudienceMismatchError, TokenExpiredError, TokenSource
 from sa_token._cloud import ConfigurationError, ExchangeError
@@ -34,10 +34,8 @@ def scopes() -> Iterator[str]:
 
 
 @pytest.fixture
-def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Iterator[Kubelet]:
-    k = Kubelet(projected_volume, token_issuer, audiences=[AUDIENCE], expiration_seconds=3600)
-    k.tokens = []  # type: ignore[attr-defined]
-    k.on_rotate = k.tokens.append  # type: ignore[attr-defined]
+def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Iterator[RecordingKubelet]:
+    k = RecordingKubelet(projected_volume, token_issuer, audiences=[AUDIENCE], expiration_seconds=3600)
     k.rotate()
     yield k
     k.stop()
@@ -45,19 +43,19 @@ def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Ite
 
 @pytest.fixture
 def sts(
-    token_issuer: TokenIssuer,
+    fake_sts: Callable[..., FakeSTS],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     projected_volume: ProjectedVolume,
-) -> Iterator[FakeSTS]:
-    with FakeSTS(token_issuer, platform="azure") as server:
-        ca = server.write_ca(tmp_path / "ca.pem")
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)  # the sync transport (requests)
-        monkeypatch.setenv("AZURE_AUTHORITY_HOST", server.url)  # https only, read at construction
-        monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(projected_volume.token_path))
-        monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
-        monkeypatch.setenv("AZURE_CLIENT_ID", CLIENT)
-        yield server
+) -> FakeSTS:
+    server = fake_sts("azure")
+    ca = server.write_ca(tmp_path / "ca.pem")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)  # the sync transport (requests)
+    monkeypatch.setenv("AZURE_AUTHORITY_HOST", server.url)  # https only, read at construction
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(projected_volume.token_path))
+    monkeypatch.setenv("AZURE_TENANT_ID", TENANT)
+    monkeypatch.setenv("AZURE_CLIENT_ID", CLIENT)
+    return server
 
 
 class Flavour:
@@ -98,7 +96,9 @@ def flavour(request: pytest.FixtureRequest) -> Iterator[Flavour]:
     f.close()
 
 
-def test_each_exchange_presents_the_current_token(sts: FakeSTS, kubelet: Kubelet, flavour: Flavour) -> None:
+def test_each_exchange_presents_the_current_token(
+    sts: FakeSTS, kubelet: RecordingKubelet, flavour: Flavour
+) -> None:
     credential = flavour()  # everything from the environment
     scope = scopes()
     watcher = TokenSource(kubelet.volume.token_path, audience=AUDIENCE)
@@ -118,7 +118,7 @@ def test_each_exchange_presents_the_current_token(sts: FakeSTS, kubelet: Kubelet
     watcher.close()
 
 
-def test_get_token_info_is_observed_too(sts: FakeSTS, kubelet: Kubelet) -> None:
+def test_get_token_info_is_observed_too(sts: FakeSTS, kubelet: RecordingKubelet) -> None:
     credential = WorkloadIdentityCredential()
     info = credential.get_token_info("https://vault.azure.net/.default")
     assert sts.calls[-1].jti == jti(kubelet.current or "")
@@ -126,7 +126,7 @@ def test_get_token_info_is_observed_too(sts: FakeSTS, kubelet: Kubelet) -> None:
 
 
 def test_an_expired_token_is_never_sent(
-    sts: FakeSTS, kubelet: Kubelet, flavour: Flavour, caplog: pytest.LogCaptureFixture
+    sts: FakeSTS, kubelet: RecordingKubelet, flavour: Flavour, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()
     credential = flavour(TokenSource(kubelet.volume.token_path, audience=AUDIENCE, clock=clock))
@@ -136,8 +136,8 @@ def test_an_expired_token_is_never_sent(
     with pytest.raises(TokenExpiredError) as info:
         flavour.get_token(credential, next(scope))
     assert len(sts.calls) == 1
-    assert_clean_error(info.value, kubelet.tokens)  # type: ignore[attr-defined]
-    assert_no_token(caplog.text, kubelet.tokens)  # type: ignore[attr-defined]
+    assert_clean_error(info.value, kubelet.tokens)
+    assert_no_token(caplog.text, kubelet.tokens)
 
 
 def test_a_token_the_service_finds_expired_gives_aadsts700024(
@@ -158,17 +158,19 @@ def test_a_token_the_service_finds_expired_gives_aadsts700024(
     assert isinstance(err, ClientAuthenticationError) and isinstance(err, ExchangeError)
     assert (err.code, err.status, err.status_code, err.platform) == ("AADSTS700024", 400, 400, "azure")
     assert err.response is None and err.path == source.path and err.reason == "exchange-rejected"
+    # No link to azure-identity's own error and traceback, whose frames hold the assertion.
+    assert err.__context__ is None and err.__cause__ is None and err.exc_traceback is None
     assert "not within its valid time range" in str(err)
     assert_clean_error(err, [token])
     assert_no_token(caplog.text, [token])
 
 
-def test_service_refusal_is_typed(sts: FakeSTS, kubelet: Kubelet, flavour: Flavour) -> None:
+def test_service_refusal_is_typed(sts: FakeSTS, kubelet: RecordingKubelet, flavour: Flavour) -> None:
     sts.reject("AADSTS70021", "No matching federated identity record found for presented assertion.")
     with pytest.raises(EntraIDError) as info:
         flavour.get_token(flavour(), "https://storage.azure.com/.default")
     assert info.value.code == "AADSTS70021"
-    assert_clean_error(info.value, kubelet.tokens)  # type: ignore[attr-defined]
+    assert_clean_error(info.value, kubelet.tokens)
 
 
 @pytest.mark.usefixtures("sts")

@@ -4,14 +4,14 @@ loopback STS (RFC 8693 token exchange; verifies signature, audience and expiry).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from google.auth import exceptions, identity_pool
 from google.auth.transport.requests import Request
 
-from _cloud import assert_clean_error, assert_no_token, jti, tracked
+from _cloud import RecordingKubelet, assert_clean_error, assert_no_token, jti, tracked
 from conftest import FakeClock, wait_for
 from sa_token import AudienceMismatchError, TokenExpiredError, TokenSource
 from sa_token._cloud import ConfigurationError, ExchangeError
@@ -25,10 +25,8 @@ assert AUDIENCE == "https:" + PROVIDER
 
 
 @pytest.fixture
-def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Iterator[Kubelet]:
-    k = Kubelet(projected_volume, token_issuer, audiences=[AUDIENCE], expiration_seconds=3600)
-    k.tokens = []  # type: ignore[attr-defined]
-    k.on_rotate = k.tokens.append  # type: ignore[attr-defined]
+def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Iterator[RecordingKubelet]:
+    k = RecordingKubelet(projected_volume, token_issuer, audiences=[AUDIENCE], expiration_seconds=3600)
     k.rotate()
     yield k
     k.stop()
@@ -36,33 +34,33 @@ def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Ite
 
 @pytest.fixture
 def sts(
-    token_issuer: TokenIssuer,
+    fake_sts: Callable[..., FakeSTS],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     projected_volume: ProjectedVolume,
-) -> Iterator[FakeSTS]:
+) -> FakeSTS:
     # google-auth accepts an http token_url on the loopback: no TLS needed here.
-    with FakeSTS(token_issuer, platform="google", tls=False) as server:
-        config = tmp_path / "credential-configuration.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "type": "external_account",
-                    "audience": PROVIDER,
-                    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-                    "token_url": f"{server.url}/v1/token",
-                    "credential_source": {
-                        "file": str(projected_volume.token_path),
-                        "format": {"type": "text"},
-                    },
-                }
-            )
+    server = fake_sts("google", tls=False)
+    config = tmp_path / "credential-configuration.json"
+    config.write_text(
+        json.dumps(
+            {
+                "type": "external_account",
+                "audience": PROVIDER,
+                "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                "token_url": f"{server.url}/v1/token",
+                "credential_source": {
+                    "file": str(projected_volume.token_path),
+                    "format": {"type": "text"},
+                },
+            }
         )
-        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(config))
-        yield server
+    )
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(config))
+    return server
 
 
-def test_every_refresh_exchanges_the_current_token(sts: FakeSTS, kubelet: Kubelet) -> None:
+def test_every_refresh_exchanges_the_current_token(sts: FakeSTS, kubelet: RecordingKubelet) -> None:
     supplier = SubjectTokenSupplier()  # configuration, token file and audience from the environment
     assert supplier.audience == AUDIENCE and supplier.source.path == str(kubelet.volume.token_path)
     credentials = supplier.credentials()
@@ -82,7 +80,9 @@ def test_every_refresh_exchanges_the_current_token(sts: FakeSTS, kubelet: Kubele
     watcher.close()
 
 
-def test_the_supplier_plugs_into_plain_google_auth_credentials(sts: FakeSTS, kubelet: Kubelet) -> None:
+def test_the_supplier_plugs_into_plain_google_auth_credentials(
+    sts: FakeSTS, kubelet: RecordingKubelet
+) -> None:
     credentials = identity_pool.Credentials(
         audience=PROVIDER,
         subject_token_type="urn:ietf:params:oauth:token-type:jwt",
@@ -96,7 +96,7 @@ def test_the_supplier_plugs_into_plain_google_auth_credentials(sts: FakeSTS, kub
 
 
 def test_an_expired_token_is_never_sent(
-    sts: FakeSTS, kubelet: Kubelet, caplog: pytest.LogCaptureFixture
+    sts: FakeSTS, kubelet: RecordingKubelet, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()
     credentials = SubjectTokenSupplier(TokenSource(kubelet.volume.token_path, clock=clock)).credentials()
@@ -105,11 +105,13 @@ def test_an_expired_token_is_never_sent(
     with pytest.raises(TokenExpiredError) as info:
         credentials.refresh(Request())
     assert len(sts.calls) == 1
-    assert_clean_error(info.value, kubelet.tokens)  # type: ignore[attr-defined]
-    assert_no_token(caplog.text, kubelet.tokens)  # type: ignore[attr-defined]
+    assert_clean_error(info.value, kubelet.tokens)
+    assert_no_token(caplog.text, kubelet.tokens)
 
 
-def test_sts_refusal_is_typed(sts: FakeSTS, kubelet: Kubelet, caplog: pytest.LogCaptureFixture) -> None:
+def test_sts_refusal_is_typed(
+    sts: FakeSTS, kubelet: RecordingKubelet, caplog: pytest.LogCaptureFixture
+) -> None:
     credentials = SubjectTokenSupplier().credentials()
     sts.reject("invalid_grant", "The audience in ID Token does not match the expected audience.")
     with pytest.raises(STSError) as info:
@@ -118,8 +120,9 @@ def test_sts_refusal_is_typed(sts: FakeSTS, kubelet: Kubelet, caplog: pytest.Log
     assert isinstance(err, exceptions.OAuthError) and isinstance(err, ExchangeError)
     assert (err.code, err.platform, err.path) == ("invalid_grant", "google", str(kubelet.volume.token_path))
     assert "does not match the expected audience" in str(err)
-    assert_clean_error(err, kubelet.tokens)  # type: ignore[attr-defined]
-    assert_no_token(caplog.text, kubelet.tokens)  # type: ignore[attr-defined]
+    assert err.__context__ is None  # google-auth's frames (which hold the token) are not attached
+    assert_clean_error(err, kubelet.tokens)
+    assert_no_token(caplog.text, kubelet.tokens)
 
 
 def test_the_verifying_sts_refuses_another_audience(
@@ -144,7 +147,7 @@ def test_wrong_audience_fails_at_construction(
 
 
 def test_a_missing_or_unusable_configuration_is_named(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kubelet: Kubelet
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kubelet: RecordingKubelet
 ) -> None:
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     with pytest.raises(ConfigurationError, match="GOOGLE_APPLICATION_CREDENTIALS"):
