@@ -53,10 +53,14 @@ def provider(sts: FakeSTS, source: TokenSource | None = None, **kwargs: object) 
     return RRSACredentialsProvider(source, sts_endpoint=f"127.0.0.1:{sts.port}", **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.usefixtures("kubelet")
-def test_client_gets_credentials_with_the_token_in_the_post_body(sts: FakeSTS) -> None:
+def test_client_gets_credentials_with_the_token_in_the_post_body(
+    sts: FakeSTS, kubelet: RecordingKubelet, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("DEBUG", "sdk")  # Tea then logs each request's URL (path and query) and headers
     client = Client(provider=provider(sts))  # role, provider and token file from the environment
     cred = client.get_credential()
+    assert "AssumeRoleWithOIDC" in caplog.text  # Tea's debug line...
+    assert_no_token(caplog.text, kubelet.tokens)  # ...without the token: it went in the body
     assert cred.access_key_id.startswith("STS.") and cred.security_token and cred.type == "oidc_role_arn"
     (call,) = sts.calls
     assert call.status == 200 and call.method == "POST" and not call.token_in_url
@@ -153,6 +157,10 @@ def test_variables_are_read_when_built_not_at_import(sts: FakeSTS, monkeypatch: 
     monkeypatch.setenv("ALIBABA_CLOUD_ROLE_ARN", "acs:ram::1234567890:role/other")
     monkeypatch.setenv("ALIBABA_CLOUD_STS_REGION", "cn-hangzhou")
     assert RRSACredentialsProvider().sts_endpoint == "sts.cn-hangzhou.aliyuncs.com"
+    monkeypatch.setenv("ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED", "true")
+    assert RRSACredentialsProvider().sts_endpoint == "sts-vpc.cn-hangzhou.aliyuncs.com"
+    monkeypatch.setenv("ALIBABA_CLOUD_STS_ENDPOINT", f"127.0.0.1:{sts.port}")
+    assert RRSACredentialsProvider().sts_endpoint == f"127.0.0.1:{sts.port}"
     Client(provider=provider(sts)).get_credential()
     assert sts.calls[-1].params["RoleArn"] == "acs:ram::1234567890:role/other"
     assert time.time() < (sts.calls[-1].expires_at or 0)

@@ -75,8 +75,9 @@ class RRSACredentialsProvider(ICredentialsProvider):  # type: ignore[misc]
         oidc_provider_arn: default `ALIBABA_CLOUD_OIDC_PROVIDER_ARN`.
         role_session_name: default `ALIBABA_CLOUD_ROLE_SESSION_NAME`, else `sa-token-<time>`.
         duration_seconds: the credentials' lifetime (900 to the role's maximum).
-        sts_endpoint: default `sts[-vpc].<ALIBABA_CLOUD_STS_REGION>.aliyuncs.com`, else
-            `sts.aliyuncs.com`; always https.
+        sts_endpoint: host (and port) of the STS, always https; default
+            `ALIBABA_CLOUD_STS_ENDPOINT`, else `sts.<ALIBABA_CLOUD_STS_REGION>.aliyuncs.com`
+            (`sts-vpc.` with `ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED=true`), else `sts.aliyuncs.com`.
         audience: the audience the token must carry.
 
     Raises:
@@ -113,8 +114,10 @@ class RRSACredentialsProvider(ICredentialsProvider):  # type: ignore[misc]
         }
         region = os.environ.get("ALIBABA_CLOUD_STS_REGION")
         vpc = os.environ.get("ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED", "").lower() == "true"
-        self.sts_endpoint = sts_endpoint or (
-            f"sts{'-vpc' if vpc else ''}.{region}.aliyuncs.com" if region else "sts.aliyuncs.com"
+        self.sts_endpoint = (
+            sts_endpoint
+            or os.environ.get("ALIBABA_CLOUD_STS_ENDPOINT")  # as ack-ram-tool reads it
+            or (f"sts{'-vpc' if vpc else ''}.{region}.aliyuncs.com" if region else "sts.aliyuncs.com")
         )
         self._expires_at: Optional[float] = None
         self._cache = RefreshCachedSupplier(
@@ -168,9 +171,10 @@ class RRSACredentialsProvider(ICredentialsProvider):  # type: ignore[misc]
 
     def _result(self, response: TeaResponse) -> RefreshResult[Credentials]:
         try:
-            answer: dict[str, Any] = json.loads(response.body.decode("utf-8"))
-        except ValueError:
-            answer = {}
+            answer: Any = json.loads(response.body.decode("utf-8"))
+        except ValueError:  # a proxy's HTML page, say
+            answer = None
+        answer = answer if isinstance(answer, dict) else {}
         cred = answer.get("Credentials") if response.status_code == 200 else None
         if not isinstance(cred, dict):
             code, why = scrub(answer.get("Code")), scrub(answer.get("Message", ""))

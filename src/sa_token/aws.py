@@ -39,7 +39,6 @@ from ._source import TokenSource
 __all__ = ["AUDIENCE", "ConfigurationError", "STSError", "WebIdentityCredentials", "boto3_session", "install"]
 
 AUDIENCE = "sts.amazonaws.com"  # what the EKS Pod Identity webhook puts in the projected token
-METHOD = "sa-token-web-identity"  # the name botocore shows for these credentials (credentials.method)
 
 
 class STSError(ClientError, ExchangeError):  # type: ignore[misc]
@@ -48,18 +47,25 @@ class STSError(ClientError, ExchangeError):  # type: ignore[misc]
     [`ExchangeError`][sa_token._cloud.ExchangeError] naming the token file."""
 
     def __init__(self, error_response: dict[str, Any], operation_name: str, *, path: Optional[str] = None):
-        ClientError.__init__(
-            self, error_response, operation_name
-        )  # which runs ExchangeError.__init__(message)
-        meta = error_response.get("ResponseMetadata", {})
-        self._set(path, error_response.get("Error", {}).get("Code"), "aws", meta.get("HTTPStatusCode"))
+        ClientError.__init__(self, error_response, operation_name)  # runs ExchangeError.__init__ too
+        status = error_response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        self._set(path, error_response.get("Error", {}).get("Code"), "aws", status)
         self.message = f"{self.args[0]} (web identity token from {_fmt.path(path)})"
 
 
-class WebIdentityCredentials:
-    """The refreshable credentials [`install`][sa_token.aws.install] puts into a botocore
-    session (`.credentials`), and what the metrics report about them."""
+def _safe(response: dict[str, Any]) -> dict[str, Any]:
+    """The error part of an STS response, its message scrubbed."""
+    err = response.get("Error", {})
+    safe = {"Code": err.get("Code"), "Message": scrub(err.get("Message", "")), "Type": err.get("Type")}
+    return {"Error": safe, "ResponseMetadata": response.get("ResponseMetadata", {})}
 
+
+class WebIdentityCredentials(CredentialProvider):  # type: ignore[misc]
+    """What [`install`][sa_token.aws.install] puts into a botocore session: the credential
+    provider of its chain, whose `credentials` botocore refreshes; also what the metrics
+    report (`credential_expires_at()`)."""
+
+    METHOD = "sa-token-web-identity"  # botocore's name for where credentials came from
     credential_kind = "aws"
 
     def __init__(
@@ -68,36 +74,37 @@ class WebIdentityCredentials:
         source: TokenSource,
         *,
         role_arn: str,
-        session_name: Optional[str],
-        region_name: Optional[str],
-        duration_seconds: Optional[int],
+        audience: str = AUDIENCE,
+        session_name: Optional[str] = None,
+        region_name: Optional[str] = None,
+        duration_seconds: Optional[int] = None,
     ) -> None:
-        self.source = source
+        super().__init__()
+        self.source, self.credential_audience = source, audience
         self._expires_at: Optional[float] = None
         extra: dict[str, Any] = {"RoleSessionName": session_name} if session_name else {}
         if duration_seconds is not None:
             extra["DurationSeconds"] = duration_seconds
         self._fetcher = AssumeRoleWithWebIdentityCredentialFetcher(
-            client_creator=lambda service, **kw: botocore_session.create_client(
-                service, region_name=region_name, **kw
+            client_creator=lambda name, **kw: botocore_session.create_client(
+                name, region_name=region_name, **kw
             ),
             web_identity_token_loader=source.token,  # the current token or a TokenError, never an expired one
             role_arn=role_arn,
             extra_args=extra,
         )
-        self.credentials = DeferredRefreshableCredentials(refresh_using=self._refresh, method=METHOD)
+        self.credentials = DeferredRefreshableCredentials(refresh_using=self._refresh, method=self.METHOD)
         track_credential(self)
 
     def __repr__(self) -> str:
         return f"WebIdentityCredentials(source={self.source!r})"
 
+    def load(self) -> DeferredRefreshableCredentials:
+        return self.credentials
+
     @property
     def credential_source_path(self) -> str:
         return self.source.path
-
-    @property
-    def credential_audience(self) -> str:
-        return AUDIENCE
 
     def credential_expires_at(self) -> Optional[float]:
         return self._expires_at
@@ -106,22 +113,12 @@ class WebIdentityCredentials:
         try:
             fresh: dict[str, Any] = self._fetcher.fetch_credentials()
         except ClientError as exc:
-            err = exc.response.get("Error", {})
-            safe = {
-                "Code": err.get("Code"),
-                "Message": scrub(err.get("Message", "")),
-                "Type": err.get("Type"),
-            }
-            failure = (
-                {"Error": safe, "ResponseMetadata": exc.response.get("ResponseMetadata", {})},
-                exc.operation_name,
-            )
+            refused = (_safe(exc.response), exc.operation_name)
         else:
             self._expires_at = parse_timestamp(fresh["expiry_time"]).timestamp()
             return fresh
-        raise STSError(
-            *failure, path=self.source.path
-        ) from None  # outside the handler: no botocore frames attached
+        # Raised outside the handler: botocore's frames, which hold the token, stay unattached.
+        raise STSError(*refused, path=self.source.path) from None
 
 
 def install(
@@ -136,7 +133,7 @@ def install(
 ) -> WebIdentityCredentials:
     """Make `botocore_session` assume `role_arn` with the tokens of `source`.
 
-    Call it before creating clients: it replaces the session's credential chain.
+    It replaces the session's credential chain: call it before creating clients.
 
     Args:
         botocore_session: the session to install into.
@@ -154,16 +151,17 @@ def install(
     source = platform_source(
         source, variable="AWS_WEB_IDENTITY_TOKEN_FILE", audience=audience, platform="AWS STS"
     )
-    creds = WebIdentityCredentials(
+    provider = WebIdentityCredentials(
         botocore_session,
         source,
         role_arn=setting(role_arn, "AWS_ROLE_ARN", "AWS: the role to assume"),
+        audience=audience,
         session_name=session_name or os.environ.get("AWS_ROLE_SESSION_NAME"),
         region_name=region_name,
         duration_seconds=duration_seconds,
     )
-    botocore_session.register_component("credential_provider", CredentialResolver([_Provider(creds)]))
-    return creds
+    botocore_session.register_component("credential_provider", CredentialResolver([provider]))
+    return provider
 
 
 def boto3_session(
@@ -177,7 +175,7 @@ def boto3_session(
 ) -> boto3.Session:
     """A `boto3.Session` whose credentials come from `AssumeRoleWithWebIdentity` with the
     tokens of `source`; arguments as for [`install`][sa_token.aws.install]. `region_name` is
-    also the session's region (default: `AWS_REGION`/`AWS_DEFAULT_REGION`, as boto3 does)."""
+    also the session's region (default `AWS_REGION`/`AWS_DEFAULT_REGION`, as boto3's)."""
     core = botocore.session.Session()
     install(
         core,
@@ -189,14 +187,3 @@ def boto3_session(
         audience=audience,
     )
     return boto3.Session(botocore_session=core, region_name=region_name)
-
-
-class _Provider(CredentialProvider):  # type: ignore[misc]
-    METHOD = METHOD
-
-    def __init__(self, creds: WebIdentityCredentials) -> None:
-        super().__init__()
-        self._creds = creds
-
-    def load(self) -> DeferredRefreshableCredentials:
-        return self._creds.credentials
