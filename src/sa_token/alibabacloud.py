@@ -46,7 +46,7 @@ from ._cloud import ConfigurationError, ExchangeError, platform_source, scrub, s
 from ._observe import track_credential
 from ._source import TokenSource
 
-__all__ = ["AUDIENCE", "ConfigurationError", "RRSACredentialsProvider", "STSError"]
+__all__ = ["AUDIENCE", "ConfigurationError", "ExchangeError", "RRSACredentialsProvider", "STSError"]
 
 AUDIENCE = "sts.aliyuncs.com"  # what ack-pod-identity-webhook puts in the projected token
 DURATION_SECONDS = 3600  # the SDK's default session length (the minimum RAM allows is 900)

@@ -36,7 +36,15 @@ from ._cloud import ConfigurationError, ExchangeError, platform_source, scrub, s
 from ._observe import track_credential
 from ._source import TokenSource
 
-__all__ = ["AUDIENCE", "ConfigurationError", "STSError", "WebIdentityCredentials", "boto3_session", "install"]
+__all__ = [
+    "AUDIENCE",
+    "ConfigurationError",
+    "ExchangeError",
+    "STSError",
+    "WebIdentityCredentials",
+    "boto3_session",
+    "install",
+]
 
 AUDIENCE = "sts.amazonaws.com"  # what the EKS Pod Identity webhook puts in the projected token
 

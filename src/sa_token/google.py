@@ -36,7 +36,7 @@ from ._cloud import ConfigurationError, ExchangeError, platform_source, scrub, s
 from ._observe import track_credential
 from ._source import TokenSource
 
-__all__ = ["ConfigurationError", "Credentials", "STSError", "SubjectTokenSupplier"]
+__all__ = ["ConfigurationError", "Credentials", "ExchangeError", "STSError", "SubjectTokenSupplier"]
 
 # What google.auth.default() asks for when an application gives no scopes for these credentials.
 DEFAULT_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)

@@ -34,7 +34,7 @@ from sa_token._cloud import ConfigurationError, ExchangeError, platform_source, 
 from sa_token._observe import track_credential
 from sa_token._source import TokenSource
 
-__all__ = ["AUDIENCE", "ConfigurationError", "EntraIDError", "WorkloadIdentityCredential"]
+__all__ = ["AUDIENCE", "ConfigurationError", "EntraIDError", "ExchangeError", "WorkloadIdentityCredential"]
 
 AUDIENCE = "api://AzureADTokenExchange"  # what the azure-workload-identity webhook projects
 _AADSTS = re.compile(r"AADSTS\d+")  # Entra's own code: "AADSTS700024"
