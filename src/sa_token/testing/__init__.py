@@ -6,8 +6,10 @@
   ``AtomicWriter`` does (timestamped directory, ``..data_tmp`` renamed over ``..data``,
   top-level symlinks, file modes), with a one-call :meth:`ProjectedVolume.rotate`.
 * :class:`Kubelet` combines both: it rotates a volume's token on demand or on a schedule.
+* ``sa_token.testing.sts.FakeSTS`` fakes the cloud token services (AWS STS, Alibaba Cloud
+  STS, Entra ID, Google STS) that exchange a projected token, verifying it as they do.
 * The pytest plugin (installed with the package) provides the fixtures ``token_issuer``,
-  ``projected_volume`` and ``kubelet``.
+  ``projected_volume``, ``kubelet`` and ``fake_sts``.
 
 Needs the ``testing`` extra (``pip install 'sa-token[testing]'``) for signing.
 """
