@@ -89,6 +89,10 @@ class World:
     def rotate(self) -> str:
         token = self.kubelet.rotate(now=self.clock.now, expiration_seconds=self.lifetime)
         self.source.reload()  # no inotify here (watch=False): the source reads at once
+        # Subscribers (the keeper's `rotated`) run in the source's own delivery thread: wait
+        # until it has delivered this token, as the keeper's background thread would.
+        subs = self.source._subscribers
+        assert wait_for(lambda: subs._worker is None), "the subscribers were never told of the rotation"
         return str(jwt.decode(token, options={"verify_signature": False})["jti"])
 
     def rotate_if_due(self) -> None:

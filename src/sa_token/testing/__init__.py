@@ -11,8 +11,10 @@
 * `assert_no_token` (and `find_token`, `token_parts`) checks that text holds no piece of a
   token; `open_fds`, `inotify_instances` and `inotify_watches` count what a process holds, for
   leak tests.
+* `sts.FakeSTS` fakes the cloud token services (AWS STS, Alibaba Cloud STS, Entra ID, Google
+  STS) that exchange a projected token, verifying it as they do.
 * The pytest plugin (installed with the package) provides the fixtures ``token_issuer``,
-  ``projected_volume`` and ``kubelet``.
+  ``projected_volume``, ``kubelet`` and ``fake_sts``.
 
 Needs the ``testing`` extra (``pip install 'sa-token[testing]'``) for signing.
 """

