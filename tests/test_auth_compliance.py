@@ -678,8 +678,12 @@ class TestRequestsBodies:
         session.close()
 
     def test_str_body(self, post: Callable[[Any], requests.Response]) -> None:
-        r = post("päyload " * 1000)
-        assert (r.status_code, r.json()["body_length"]) == (200, len(("päyload " * 1000).encode()))
+        body = "päyload " * 1000
+        r = post(body)
+        # What requests itself sends for a str body (with urllib3 1.26: a Content-Length that
+        # counts characters, not bytes, and so the server reads that many bytes).
+        sent = int(requests.Request("POST", "http://x/", data=body).prepare().headers["Content-Length"])
+        assert (r.status_code, [h.status_code for h in r.history], r.json()["body_length"]) == (200, [401], sent)
 
     def test_seekable_file_is_rewound_to_where_it_started(self, post: Callable[[Any], requests.Response],
                                                           tmp_path: Path) -> None:

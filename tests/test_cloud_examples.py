@@ -117,7 +117,7 @@ def test_alibabacloud_example(
         "ALIBABA_CLOUD_OIDC_TOKEN_FILE": str(kubelet.volume.token_path),
         "ALIBABA_CLOUD_ROLE_ARN": "acs:ram::1234567890:role/app",
         "ALIBABA_CLOUD_OIDC_PROVIDER_ARN": "acs:ram::1234567890:oidc-provider/ack-rrsa-c123",
-        "ALIBABA_CLOUD_STS_ENDPOINT": f"127.0.0.1:{sts.port}",
+        "ALIBABA_CLOUD_STS_ENDPOINT": f"localhost:{sts.port}",  # a host name: see test_alibabacloud
         "SSL_CERT_FILE": sts.write_ca(tmp_path / "ca.pem"),
     }
     res = run("alibabacloud_rrsa.py", env, "--count", "3", "--interval", "0.4", "--duration-seconds", "900")

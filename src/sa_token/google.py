@@ -119,6 +119,8 @@ class SubjectTokenSupplier(identity_pool.SubjectTokenSupplier):
         if self._info is None:
             self._config, self._info = _load(self._config)
         info = {k: v for k, v in self._info.items() if k != "credential_source"}
+        # In the info too: older google-auth (2.50, the newest on Python 3.9) reads it only there.
+        info["subject_token_supplier"] = self
         creds: Credentials = Credentials.from_info(  # type: ignore[no-untyped-call]
             info, subject_token_supplier=self, scopes=scopes or list(DEFAULT_SCOPES), **kwargs
         )

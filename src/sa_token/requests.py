@@ -30,10 +30,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._flow import AUTHORIZATION, UNAUTHORIZED, BearerFlow, Exchange, Reply, bearer
+from ._urllib3 import pool_context
 
 if TYPE_CHECKING:
-    import ssl
-
     from requests import PreparedRequest, Response
 
     from ._ca import CABundle
@@ -167,7 +166,8 @@ class CAReloadingAdapter(HTTPAdapter):
     def __init__(self, ca: CABundle, **kwargs: Any) -> None:
         self.ca = ca
         self._ca_lock = threading.Lock()
-        self._ssl_context: ssl.SSLContext = ca.ssl_context()
+        # The bundle's context (to see when it changes) and the one the pools verify with.
+        self._ca_context, self._ssl_context = pool_context(ca)
         super().__init__(**kwargs)
 
     def __repr__(self) -> str:
@@ -203,13 +203,13 @@ class CAReloadingAdapter(HTTPAdapter):
 
     def _follow_ca(self) -> None:
         ctx = self.ca.ssl_context()  # the same object until the bundle changes
-        if ctx is self._ssl_context:
+        if ctx is self._ca_context:
             return
         with self._ca_lock:
-            if ctx is self._ssl_context:
+            if ctx is self._ca_context:
                 return
             old_pools, old_proxies = self.poolmanager, dict(self.proxy_manager)
-            self._ssl_context = ctx
+            self._ca_context, self._ssl_context = pool_context(self.ca)
             connections, maxsize, block, pool_kwargs = self._pool_args
             self.init_poolmanager(connections, maxsize, block, **pool_kwargs)
             self.proxy_manager.clear()

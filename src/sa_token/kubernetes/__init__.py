@@ -66,6 +66,7 @@ from sa_token._incluster import (
     send,
 )
 from sa_token._source import TokenSource
+from sa_token._urllib3 import pool_context
 from sa_token.errors import TokenError
 
 __all__ = [
@@ -206,8 +207,11 @@ class _RESTClient(_k8s_rest.RESTClientObject):
             self._sa_ctx = ctx
             pools = self.pool_manager
             # urllib3 would load ca_certs into the shared context: the context alone verifies.
-            pools.connection_pool_kw.update(ssl_context=ctx, ca_certs=None, ca_cert_data=None)
+            kw = pools.connection_pool_kw
+            kw.update(ssl_context=pool_context(ca)[1], ca_certs=None)
+            kw.pop("ca_cert_data", None)  # not a pool key in urllib3 1.26
             pools.clear()
+
 
 
 def _ca_pinnable(conf: Any, hook: TokenHook) -> bool:

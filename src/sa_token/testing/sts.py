@@ -20,7 +20,8 @@ The token is verified as the real service does: RS256 signature against the
 [`TokenIssuer`][sa_token.testing.TokenIssuer]'s key, ``iss``, ``exp`` and ``nbf``, and ``aud``
 (the platform's audience unless ``audience=`` says otherwise). A refusal uses the platform's
 own error code (``ExpiredTokenException``, ``AuthenticationFail.OIDCToken.Expired``,
-``AADSTS700024``, ``invalid_grant``...). [`FakeSTS.reject()`][sa_token.testing.sts.FakeSTS.reject] makes it refuse every token.
+``AADSTS700024``, ``invalid_grant``...).
+[`FakeSTS.reject()`][sa_token.testing.sts.FakeSTS.reject] makes it refuse every token.
 Each call is recorded as an [`ExchangeCall`][sa_token.testing.sts.ExchangeCall] (with the
 ``jti``, never the token) and whether the token travelled in the URL.
 """
