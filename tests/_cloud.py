@@ -4,19 +4,22 @@ test_google): the no-leak checks and the metrics view."""
 from __future__ import annotations
 
 import traceback
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Optional
 
 import jwt
+import pytest
 
 from sa_token._observe import ExchangedCredential, credentials
-from sa_token.testing import Kubelet
+from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
 
-# The frames whose locals are checked: the cloud integrations. (The core's own frames are the
-# core's business: TokenSource._checked_token holds the token string in `value` while it
-# re-reads, which a traceback through an expired token shows; reported to the core's owner.)
+# The frames whose locals are checked: the cloud integrations and the core they call.
 CLOUD_MODULES = (
     "sa_token._cloud",
+    "sa_token._source",
+    "sa_token._token",
+    "sa_token._read",
     "sa_token.aws",
     "sa_token.alibabacloud",
     "sa_token.azure",
@@ -26,6 +29,19 @@ CLOUD_MODULES = (
 
 class RecordingKubelet(Kubelet):
     """A `Kubelet` that remembers every token it wrote, to scan any output for all of them."""
+
+    @classmethod
+    def fixture(cls, audience: str) -> Any:
+        """A module's ``kubelet`` fixture: one of these, for ``audience``, with a first token."""
+
+        @pytest.fixture
+        def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Iterator[RecordingKubelet]:
+            k = cls(projected_volume, token_issuer, audiences=[audience], expiration_seconds=3600)
+            k.rotate()
+            yield k
+            k.stop()
+
+        return kubelet
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,12 +25,7 @@ PROVIDER = "acs:ram::1234567890:oidc-provider/ack-rrsa-c123"
 SHORT = 900  # RAM's shortest session: 15 minutes is the SDK's refresh margin, so every call refreshes
 
 
-@pytest.fixture
-def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Iterator[RecordingKubelet]:
-    k = RecordingKubelet(projected_volume, token_issuer, audiences=[AUDIENCE], expiration_seconds=3600)
-    k.rotate()
-    yield k
-    k.stop()
+kubelet = RecordingKubelet.fixture(AUDIENCE)
 
 
 @pytest.fixture

@@ -44,12 +44,7 @@ def moto() -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture
-def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Iterator[RecordingKubelet]:
-    k = RecordingKubelet(projected_volume, token_issuer, audiences=[AUDIENCE], expiration_seconds=3600)
-    k.rotate()
-    yield k
-    k.stop()
+kubelet = RecordingKubelet.fixture(AUDIENCE)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ loopback STS (RFC 8693 token exchange; verifies signature, audience and expiry).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,12 +24,7 @@ AUDIENCE = AUDIENCES["google"]  # "https:" + PROVIDER: the provider's default al
 assert AUDIENCE == "https:" + PROVIDER
 
 
-@pytest.fixture
-def kubelet(projected_volume: ProjectedVolume, token_issuer: TokenIssuer) -> Iterator[RecordingKubelet]:
-    k = RecordingKubelet(projected_volume, token_issuer, audiences=[AUDIENCE], expiration_seconds=3600)
-    k.rotate()
-    yield k
-    k.stop()
+kubelet = RecordingKubelet.fixture(AUDIENCE)
 
 
 @pytest.fixture
