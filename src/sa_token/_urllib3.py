@@ -15,7 +15,7 @@ import urllib3
 
 from ._ca import CABundle
 
-_TAKES_BUNDLE_CONTEXT = int(urllib3.__version__.split(".")[0]) >= 2
+_TAKES_BUNDLE_CONTEXT = int(str(getattr(urllib3, "__version__", "2")).split(".")[0]) >= 2
 
 
 def pool_context(ca: CABundle) -> tuple[ssl.SSLContext, ssl.SSLContext]:
