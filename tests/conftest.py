@@ -22,6 +22,12 @@ import pytest
 # relative ``.venv/bin/python``, which a child started with another working directory (``cwd="/"``)
 # cannot find. Doing it here, before any test module is imported, also covers code that reads
 # ``sys.executable`` itself (multiprocessing's spawn, the examples and bench runners).
+# gRPC's fork handlers (on by default) abort a forked child when another thread is inside gRPC
+# at fork time; Python 3.9's subprocess forks through them (3.10+ uses vfork). Our children
+# exec at once or never touch gRPC: gRPC's documented setting for that case (grpc/grpc
+# doc/fork_support.md). Set before anything imports grpc.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 PYTHON = os.path.abspath(sys.executable)
 sys.executable = PYTHON
 
