@@ -189,8 +189,13 @@ def test_sources_dropped_while_others_are_built_leave_no_registration(
     finally:
         stop.set()
         dropper.join(10)
-    gc.collect()
-    assert wait_for(lambda: directory not in HUB.watched_directories(), timeout=5), HUB.watched_directories()
+    assert not dropper.is_alive(), "a TokenSource() took more than 10 s"
+    # Collect until the cycles are gone: gc.collect() returns at once, collecting nothing, while
+    # another thread's collection is under way (its finalizers poke the watcher's pipe, and that
+    # write lets this thread run). Then nothing may stay watched.
+    assert wait_for(lambda: gc.collect() is not None and directory not in HUB.watched_directories(), timeout=5), (
+        HUB.watched_directories()
+    )
     assert path not in HUB.files
     live = TokenSource(path, audience=AUD)
     try:
