@@ -84,10 +84,16 @@ def test_hot_path_reports_every_candidate(result: dict[str, Any]) -> None:
         "k8s_auth_settings",
         "k8s_get_api_key",
         "constant",
+        "clock",
     }
     assert set(hot["median_ns"]) == expected
     assert all(v > 0 for v in hot["median_ns"].values())
-    for key in ("read_file_over_sa_token", "k8s_auth_settings_over_sa_token", "sa_token_over_constant"):
+    for key in (
+        "read_file_over_sa_token",
+        "k8s_auth_settings_over_sa_token",
+        "sa_token_over_constant",
+        "clock_over_constant",
+    ):
         assert hot[key] > 0
 
 

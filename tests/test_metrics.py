@@ -426,7 +426,9 @@ def test_collapsing_does_not_depend_on_the_order_objects_are_found(
         old.reload()  # before young exists: 2 reads against 1
         young = TokenSource(path, audience=AUD, clock=clock)
         clock.advance(3000)  # young says stale
-        monkeypatch.setattr(_readings, "live_sources", lambda: ordered([old, young]))
+        found = sorted(_readings.live_readings(), key=lambda r: -r.reads)  # old's first
+        assert len(found) == 2
+        monkeypatch.setattr(_readings, "live_readings", lambda: ordered(found))
         (series,) = _readings.token_series()
         young.close()
     assert series.stale and series.reads == old.status().reads == young.status().reads + 1

@@ -191,7 +191,7 @@ class BearerFlow:
         """
         if has_authorization or (url is not None and not host_allowed(url, self.hosts)):
             return None
-        return Exchange(self.source, self._steps(time.time(), replayable))
+        return Exchange(self, time.time(), replayable)
 
     def allows(self, scheme: str, host: Optional[str], port: Optional[int]) -> bool:
         """The hosts rule for a URL already split into its parts (``port`` None: the default)."""
@@ -227,15 +227,21 @@ class Exchange:
     (synchronous clients) or [`astep`][sa_token._flow.Exchange.astep] (async clients).
 
     An answer that is not a rejection ends the exchange: a driver may report it, or simply stop
-    (the fast path of the clients whose hooks cost per call).
+    (the fast path of the clients whose hooks cost per call). The flow's first two steps are
+    always "read", then "send with what was read": the exchange takes them itself and starts
+    the flow's generator only when an answer is reported, so a request that is not rejected
+    costs one token read and no generator.
     """
 
-    __slots__ = ("_pending", "_source", "_steps")
+    __slots__ = ("_flow", "_replayable", "_sent", "_source", "_started", "_steps")
 
-    def __init__(self, source: TokenSource, steps: Generator[Command, object, None]) -> None:
-        self._source = source
-        self._steps = steps
-        self._pending: Optional[Command] = None  # a command start_nowait() could not run
+    def __init__(self, flow: BearerFlow, started: float, replayable: Callable[[], bool]) -> None:
+        self._flow = flow
+        self._source = flow.source
+        self._started = started  # when the request started: a rejection invalidates older reads
+        self._replayable = replayable
+        self._steps: Optional[Generator[Command, object, None]] = None  # started at the first reply
+        self._sent: Optional[Held] = None  # what the first step read
 
     def __repr__(self) -> str:
         return f"<Exchange of {self._source!r}>"
@@ -244,10 +250,13 @@ class Exchange:
         """Report ``reply`` (nothing, the first time) and run the token reads that follow in
         this thread; returns the token to send the request (again) with, or ``None``: the
         answer stands."""
+        if self._sent is None:  # the first step: read
+            self._sent = self._run(_READ)
+            return self._sent
         try:
-            command = self._steps.send(reply)
+            command = self._resume(reply)
             while not isinstance(command, _Send):
-                command = self._steps.send(self._run(command))
+                command = self._resume(self._run(command))
         except StopIteration:
             return None
         return command.held
@@ -255,29 +264,38 @@ class Exchange:
     def start_nowait(self) -> Optional[Held]:
         """The first step for an event loop, without a coroutine: the token when the source
         answers from memory; ``None``: a file read is due, continue with ``await astep()``."""
-        command = self._steps.send(None)
-        held = read_nowait(self._source)
-        if held is None:
-            self._pending = command
-            return None
-        command = self._steps.send(held)
-        assert isinstance(command, _Send)
-        return command.held
+        self._sent = read_nowait(self._source)
+        return self._sent
 
     async def astep(self, reply: Optional[Reply] = None, *, to_thread: ToThread[object]) -> Optional[Held]:
         """[`step`][sa_token._flow.Exchange.step] for an event loop: a token answered from
         memory is taken at once; any file read or lock wait runs through ``to_thread`` (e.g.
         ``asyncio.to_thread``, ``anyio.to_thread.run_sync``)."""
+        if self._sent is None:  # the first step: read (one start_nowait() could not do)
+            self._sent = read_nowait(self._source) or cast(Held, await to_thread(partial(self._run, _READ)))
+            return self._sent
         try:
-            command, self._pending = self._pending or self._steps.send(reply), None
+            command = self._resume(reply)
             while not isinstance(command, _Send):
                 result = read_nowait(self._source) if isinstance(command, _Read) else None
                 if result is None:
                     result = cast(Optional[Held], await to_thread(partial(self._run, command)))
-                command = self._steps.send(result)
+                command = self._resume(result)
         except StopIteration:
             return None
         return command.held
+
+    def _resume(self, value: object) -> Command:
+        """Send ``value`` into the flow, starting it first: it reads (what the first step read)
+        and sends (that token), which this exchange already did."""
+        if self._steps is None:
+            self._steps = self._flow._steps(self._started, self._replayable)
+            first = self._steps.send(None)
+            assert isinstance(first, _Read)
+            sent = self._steps.send(self._sent)
+            assert isinstance(sent, _Send)
+            assert sent.held is self._sent
+        return self._steps.send(value)
 
     def _run(self, command: Command) -> Optional[Held]:
         source = self._source

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 from . import _fmt
 from ._hub import HUB, HubFile, volume_root
@@ -158,6 +158,50 @@ def live_sources() -> list[TokenSource]:
     with HUB.lock:
         files = [f for f in HUB.files.values() if isinstance(f, _TokenFile)]
     return [src for f in files for src in list(f.sources)]
+
+
+class SourceReading(NamedTuple):
+    """One open source's numbers, for the metrics collectors: what `TokenSource.status` says,
+    as POSIX seconds, without building datetimes or messages (a scrape reads every source)."""
+
+    path: str
+    audiences: Optional[tuple[str, ...]]
+    expiry: float  # exp; +inf without exp
+    rotation_due: float  # the rotation point; +inf without one
+    last_read: float  # when the current token was read (clock time)
+    stale: bool
+    inotify: bool
+    reads: int
+    failures: int
+
+
+def live_readings() -> list[SourceReading]:
+    """`SourceReading` of every open source: one snapshot read each, no I/O, no lock held."""
+    with HUB.lock:
+        files = [f for f in HUB.files.values() if isinstance(f, _TokenFile)]
+    out = []
+    for f in files:
+        inotify = f.watching  # one watch per file, shared by its sources
+        for src in list(f.sources):
+            snap = src._snap  # one attribute read: a consistent view
+            if src._closed:
+                continue  # closed since it was listed
+            tok = snap.token
+            due = tok._rotation_ts
+            out.append(
+                SourceReading(
+                    src.path,
+                    src.audiences,
+                    tok._exp_ts,
+                    math.inf if due is None else due,
+                    snap.read_at,
+                    stale_for(tok, src._now()) is not None,
+                    inotify and src._watch,
+                    snap.reads,
+                    snap.failures,
+                )
+            )
+    return out
 
 
 def _read(path: str, hold_gil: bool) -> Union[Token, TokenError]:

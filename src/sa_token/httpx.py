@@ -68,7 +68,8 @@ class TokenAuth(httpx.Auth):
 
     def _exchange(self, request: httpx.Request) -> Optional[Exchange]:
         return self.flow.exchange(
-            str(request.url), has_authorization=AUTHORIZATION in request.headers,
+            None if self.flow.hosts is None else str(request.url),  # None: every host is allowed
+            has_authorization=AUTHORIZATION in request.headers,
             replayable=lambda: _replayable(request),
         )
 
@@ -81,6 +82,8 @@ class TokenAuth(httpx.Auth):
         while held is not None:
             request.headers[AUTHORIZATION] = bearer(held)
             response = yield request
+            if response.status_code != UNAUTHORIZED:
+                return  # the answer stands: nothing for the flow to do
             held = exchange.step(_reply(response))
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
@@ -92,6 +95,8 @@ class TokenAuth(httpx.Auth):
         while held is not None:
             request.headers[AUTHORIZATION] = bearer(held)
             response = yield request
+            if response.status_code != UNAUTHORIZED:
+                return
             held = await exchange.astep(_reply(response), to_thread=to_thread.run_sync)
 
 

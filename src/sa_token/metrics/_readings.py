@@ -8,15 +8,14 @@ characters escaped, paths bounded, anything that looks like a JWT replaced.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Iterable
-from datetime import datetime
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from sa_token import _fmt, _observe
 from sa_token._ca import live_bundles
-from sa_token._source import TokenStatus, live_sources
+from sa_token._source import live_readings
 
 log = logging.getLogger("sa_token")
 
@@ -161,49 +160,39 @@ class CredentialSeries(NamedTuple):
 
 
 def token_series() -> list[TokenSeries]:
-    groups: dict[tuple[str, Optional[tuple[str, ...]]], list[TokenStatus]] = {}
-    for source in live_sources():
-        st = source.status()
-        if st.watching != "closed":  # closed since it was listed
-            groups.setdefault((st.path, st.audiences), []).append(st)
-    return [_token_series(path, audiences, sts) for (path, audiences), sts in groups.items()]
-
-
-def _token_series(path: str, audiences: Optional[tuple[str, ...]], sts: list[TokenStatus]) -> TokenSeries:
-    """Sources on one file and audience as one series: the earliest times, stale if any is; the
-    counts of the source that counted most (each counts the reads made since it was created)."""
-    if len(sts) == 1:  # the common case, without the loops
-        (st,) = sts
-        expiry, due, last, stale, inotify, counts = (
-            st.expires_at,
-            st.rotation_due_at,
-            st.last_read_at,
-            st.stale,
-            st.watching == "inotify",
-            st,
+    """One series per file and audience. Several sources on one key: the earliest times, stale
+    if any is, the counts of the source that counted most (each counts the reads since its
+    creation)."""
+    groups: dict[tuple[str, Optional[tuple[str, ...]]], list[Any]] = {}
+    for r in live_readings():
+        g = groups.get((r.path, r.audiences))
+        if g is None:
+            groups[r.path, r.audiences] = list(r)
+            continue
+        g[2], g[3], g[4] = min(g[2], r.expiry), min(g[3], r.rotation_due), min(g[4], r.last_read)
+        g[5], g[6] = g[5] or r.stale, g[6] or r.inotify
+        if r.reads + r.failures > g[7] + g[8]:
+            g[7], g[8] = r.reads, r.failures
+    return [
+        TokenSeries(
+            *_shown(path, audiences),
+            expiry,
+            due,
+            last if math.isfinite(last) else math.nan,
+            stale,
+            inotify,
+            reads,
+            failures,
         )
-    else:
-        expiry = _earliest(s.expires_at for s in sts)
-        due = _earliest(s.rotation_due_at for s in sts)
-        last = _earliest(s.last_read_at for s in sts)
-        stale = any(s.stale for s in sts)
-        inotify = any(s.watching == "inotify" for s in sts)
-        counts = max(sts, key=lambda s: s.reads + s.failures)
-    return TokenSeries(
-        _fmt.path(path),
-        _label(",".join(audiences or ())),
-        _ts(expiry, math.inf),
-        _ts(due, math.inf),
-        _ts(last, math.nan),
-        stale,
-        inotify,
-        counts.reads,
-        counts.failures,
-    )
+        for path, audiences, expiry, due, last, stale, inotify, reads, failures in groups.values()
+    ]
 
 
-def _earliest(times: Iterable[Optional[datetime]]) -> Optional[datetime]:
-    return min((t for t in times if t is not None), default=None)
+# Labels shown safely, for each file and audience seen: formatting them is most of a scrape's
+# cost otherwise. Bounded: one entry per series (a process has tens of token files, not 4096).
+@functools.lru_cache(maxsize=4096)
+def _shown(path: str, audiences: Optional[tuple[str, ...]]) -> tuple[str, str]:
+    return _fmt.path(path), _label(",".join(audiences or ()))
 
 
 def ca_series() -> list[CASeries]:
@@ -246,10 +235,6 @@ def credential_series() -> list[CredentialSeries]:
 def auth_retries() -> dict[str, int]:
     """Requests sent again after a 401, by client (labels shown safely)."""
     return {_label(client): n for client, n in _observe.auth_retries().items()}
-
-
-def _ts(value: Optional[datetime], missing: float) -> float:
-    return missing if value is None else value.timestamp()
 
 
 def _label(value: str) -> str:
