@@ -571,7 +571,9 @@ for fd in os.listdir("/proc/self/fd"):
         inotify_fds += os.readlink("/proc/self/fd/" + fd) == "anon_inode:inotify"
     except OSError:
         pass
-done(error=error, watching=src.watching, seen=seen, inotify_fds=inotify_fds)
+st = src.status()  # why, if the rotation was not seen
+done(error=error, watching=src.watching, seen=seen, inotify_fds=inotify_fds,
+     status=[st.reads, st.failures, st.last_error, src.read_at, time.time()])
 """
 
 
@@ -586,7 +588,7 @@ def test_open_file_limit_reached_at_start(token_issuer: TokenIssuer) -> None:
         shutil.rmtree(d, ignore_errors=True)
     assert result["error"] is not None and "Too many open files" in result["error"]
     assert str(d) in result["error"] and not any(t in result["error"] for t in tokens)
-    assert result["watching"] and result["seen"]
+    assert result["watching"] and result["seen"], (result["logs"], result["status"])
     assert result["inotify_fds"] == 1
 
 
