@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import _fmt
 from ._ca import DEFAULT_CA_PATH, CABundle
-from ._flow import BearerFlow, Held, Reply, bearer, read_nowait, scrubbed
+from ._flow import UNAUTHORIZED, BearerFlow, Held, Reply, bearer, read_nowait, scrubbed
 from ._read import describe, read_bounded
 from ._source import DEFAULT_TOKEN_PATH, TokenSource
 from .errors import TokenFileError
@@ -253,7 +253,9 @@ def send(
                     if held is None:
                         raise
                     continue
-            held = exchange.step(Reply(getattr(response, "status", None) == 401))
+            if getattr(response, "status", None) != UNAUTHORIZED:
+                return response  # the answer stands: nothing for the flow to do
+            held = exchange.step(Reply(True))
             if held is None:
                 return response
             release(response)
@@ -288,9 +290,9 @@ async def asend(
                     if held is None:
                         raise
                     continue
-            held = await exchange.astep(
-                Reply(getattr(response, "status", None) == 401), to_thread=asyncio.to_thread
-            )
+            if getattr(response, "status", None) != UNAUTHORIZED:
+                return response
+            held = await exchange.astep(Reply(True), to_thread=asyncio.to_thread)
             if held is None:
                 return response
             release(response)

@@ -91,11 +91,11 @@ class _RetryOn401:
         return "<sa_token.requests 401 hook>"
 
     def __call__(self, r: Response, **kwargs: Any) -> Response:
-        if r.is_redirect:
-            return r
+        if r.is_redirect or r.status_code != UNAUTHORIZED:
+            return r  # the answer stands: nothing for the flow to do
         prep = r.request
         held = self.exchange.step(
-            Reply(r.status_code == UNAUTHORIZED, prep.url, prep.headers.get(AUTHORIZATION))
+            Reply(True, prep.url, prep.headers.get(AUTHORIZATION))
         )
         if held is None:
             return r
