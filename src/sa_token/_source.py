@@ -48,8 +48,10 @@ __all__ = [
     "DEFAULT_LEEWAY",
     "DEFAULT_TOKEN_PATH",
     "STALE_MARGIN",
+    "SourceReading",
     "TokenSource",
     "TokenStatus",
+    "live_readings",
     "live_sources",
 ]
 
@@ -153,11 +155,14 @@ class _TokenFile(HubFile):
             src._subscribers.after_fork_in_child()
 
 
-def live_sources() -> list[TokenSource]:
-    """Every open `TokenSource` in the process (for the metrics collectors; no I/O)."""
+def _token_files() -> list[_TokenFile]:
     with HUB.lock:
-        files = [f for f in HUB.files.values() if isinstance(f, _TokenFile)]
-    return [src for f in files for src in list(f.sources)]
+        return [f for f in HUB.files.values() if isinstance(f, _TokenFile)]
+
+
+def live_sources() -> list[TokenSource]:
+    """Every open `TokenSource` in the process (no I/O)."""
+    return [src for f in _token_files() for src in list(f.sources)]
 
 
 class SourceReading(NamedTuple):
@@ -177,10 +182,8 @@ class SourceReading(NamedTuple):
 
 def live_readings() -> list[SourceReading]:
     """`SourceReading` of every open source: one snapshot read each, no I/O, no lock held."""
-    with HUB.lock:
-        files = [f for f in HUB.files.values() if isinstance(f, _TokenFile)]
     out = []
-    for f in files:
+    for f in _token_files():
         inotify = f.watching  # one watch per file, shared by its sources
         for src in list(f.sources):
             snap = src._snap  # one attribute read: a consistent view

@@ -11,11 +11,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from sa_token import _fmt, _observe
 from sa_token._ca import live_bundles
-from sa_token._source import live_readings
+from sa_token._source import SourceReading, live_readings
 
 log = logging.getLogger("sa_token")
 
@@ -160,32 +160,37 @@ class CredentialSeries(NamedTuple):
 
 
 def token_series() -> list[TokenSeries]:
-    """One series per file and audience. Several sources on one key: the earliest times, stale
-    if any is, the counts of the source that counted most (each counts the reads since its
-    creation)."""
-    groups: dict[tuple[str, Optional[tuple[str, ...]]], list[Any]] = {}
+    groups: dict[tuple[str, Optional[tuple[str, ...]]], list[SourceReading]] = {}
     for r in live_readings():
-        g = groups.get((r.path, r.audiences))
-        if g is None:
-            groups[r.path, r.audiences] = list(r)
-            continue
-        g[2], g[3], g[4] = min(g[2], r.expiry), min(g[3], r.rotation_due), min(g[4], r.last_read)
-        g[5], g[6] = g[5] or r.stale, g[6] or r.inotify
-        if r.reads + r.failures > g[7] + g[8]:
-            g[7], g[8] = r.reads, r.failures
-    return [
-        TokenSeries(
-            *_shown(path, audiences),
-            expiry,
-            due,
-            last if math.isfinite(last) else math.nan,
-            stale,
-            inotify,
-            reads,
-            failures,
+        groups.setdefault((r.path, r.audiences), []).append(r)
+    return [_token_series(rs) for rs in groups.values()]
+
+
+def _token_series(rs: list[SourceReading]) -> TokenSeries:
+    """Sources on one file and audience as one series: the earliest times, stale if any is; the
+    counts of the source that counted most (each counts the reads since its creation)."""
+    r = rs[0]
+    if len(rs) > 1:
+        counts = max(rs, key=lambda x: x.reads + x.failures)
+        r = r._replace(
+            expiry=min(x.expiry for x in rs),
+            rotation_due=min(x.rotation_due for x in rs),
+            last_read=min(x.last_read for x in rs),
+            stale=any(x.stale for x in rs),
+            inotify=any(x.inotify for x in rs),
+            reads=counts.reads,
+            failures=counts.failures,
         )
-        for path, audiences, expiry, due, last, stale, inotify, reads, failures in groups.values()
-    ]
+    return TokenSeries(
+        *_shown(r.path, r.audiences),
+        r.expiry,
+        r.rotation_due,
+        r.last_read if math.isfinite(r.last_read) else math.nan,
+        r.stale,
+        r.inotify,
+        r.reads,
+        r.failures,
+    )
 
 
 # Labels shown safely, for each file and audience seen: formatting them is most of a scrape's
