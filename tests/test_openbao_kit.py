@@ -49,13 +49,15 @@ def review(api: FakeAPIServer, token: Optional[str], audiences: Optional[list[st
                          headers={"Authorization": f"Bearer {reviewer}"}, verify=_ca(api), timeout=5)
 
 
-_CA_FILES: dict[int, str] = {}
+# One file per CA, keyed by the CA itself: an id() would be reused by the next server once this
+# one is freed, and that server's requests would then be checked against a dead CA.
+_CA_FILES: dict[bytes, str] = {}
 
 
 def _ca(api: FakeAPIServer) -> str:
     import tempfile
 
-    key = id(api)
+    key = api.ca_pem
     if key not in _CA_FILES:
         _CA_FILES[key] = api.write_ca(Path(tempfile.mkdtemp()) / "ca.crt")
     return _CA_FILES[key]
