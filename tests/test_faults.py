@@ -547,7 +547,8 @@ from sa_token.testing import ProjectedVolume
 vol = ProjectedVolume(os.path.join(P["dir"], "vol"))
 vol.rotate(P["tokens"][0])
 hi = max(int(f) for f in os.listdir("/proc/self/fd"))
-resource.setrlimit(resource.RLIMIT_NOFILE, (hi + 3, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hi + 3, hard))
 filler = []
 while True:  # fill every free descriptor below the limit...
     try:
@@ -562,7 +563,11 @@ except TokenFileError as exc:
     error = str(exc)
 for fd in filler:
     os.close(fd)
-src = TokenSource(str(vol.token_path))  # descriptors are back: the same inotify instance serves
+# Descriptors are back, and the limit with them: at hi + 3, rotate()'s rmtree of the old data
+# directory (it opens directory descriptors) could take the last ones while the watcher reads the
+# new token, and that failed read is retried only after 5 s.
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+src = TokenSource(str(vol.token_path))  # the same inotify instance serves
 vol.rotate(P["tokens"][1])
 seen = wait_for(lambda: src.token() == P["tokens"][1])
 inotify_fds = 0
