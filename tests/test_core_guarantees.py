@@ -422,6 +422,36 @@ def test_background_rereads_keep_following_their_deadlines(
             assert wait_for(lambda t=new: heard and heard[-1] == t, timeout=2)
 
 
+def test_rereads_replace_their_deadline_instead_of_piling_up(
+    projected_volume: ProjectedVolume, token_issuer: TokenIssuer, tmp_path: Path
+) -> None:
+    """(13) Each re-read plans the next one. The plan it replaces must not stay in the watcher's
+    heap until its own due time: at a kubelet's 5 ms rotations that was ~700 entries (120 KB)
+    every 4 s, freed only minutes later. The heap stays within twice the live deadlines, and
+    live deadlines (this source's and another's) survive the compactions and still fire."""
+    from sa_token._hub import _COMPACT_MIN
+
+    other_volume = ProjectedVolume(tmp_path / "other")
+    for vol in (projected_volume, other_volume):
+        vol.rotate(token_issuer.issue(audiences=[AUD]))
+    opts: dict[str, Any] = {"audience": AUD, "watch": False, "refresh_interval": 0.5}
+    with TokenSource(projected_volume.token_path, **opts) as src, \
+            TokenSource(other_volume.token_path, **opts) as other:
+        heard: list[str] = []
+        src.subscribe(lambda t: heard.append(t.value))
+        other.subscribe(lambda t: heard.append(t.value))
+        for _ in range(3000):
+            src.reload()  # a read: it replaces the source's planned re-read
+        stats = HUB.stats()
+        live = stats["deadlines"]
+        assert stats["heap_entries"] <= live + max(_COMPACT_MIN, live + 1), stats
+        new = [token_issuer.issue(audiences=[AUD]) for _ in range(2)]
+        projected_volume.rotate(new[0])  # no event (watch=False): only the planned re-reads see them
+        other_volume.rotate(new[1])
+        assert wait_for(lambda: sorted(heard) == sorted(new), timeout=3), "a live deadline was lost"
+    assert HUB.stats()["deadlines"] <= live - 2, "close() cancels the sources' deadlines"
+
+
 def test_a_failed_read_is_retried_early(
     projected_volume: ProjectedVolume, token_issuer: TokenIssuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -285,7 +285,7 @@ class TokenSource:
         # Bookkeeping for log lines and the timer, written only under the file's lock:
         self._warned: set[str] = set()  # reasons already warned about since the last good read
         self._stale_warned: Optional[int] = None  # hash of the token last warned stale
-        self._timer: object = None  # identifies the one live deadline entry in the hub's heap
+        self._slot = object()  # this source's one entry in the hub's deadline heap
 
         # Register (and arm the watch) before the first read: a rotation after this point
         # raises an event. One registry operation; undone below if the read fails.
@@ -442,6 +442,7 @@ class TokenSource:
             self._snap = dataclasses.replace(self._snap, serve_until=-math.inf, refresh_at=math.inf)
             self._file.sources.discard(self)
         self._finalizer.detach()
+        HUB.cancel(self._slot)
         HUB.release(self._file, watch=self._watch)
 
     @property
@@ -552,9 +553,8 @@ class TokenSource:
         )
 
     def _schedule(self, refresh_at: float, now: float) -> None:
-        """Have the watcher thread re-read at ``refresh_at`` (one live entry per source)."""
-        timer = self._timer = object()
-        HUB.schedule(refresh_at - now, _Deadline(weakref.ref(self), timer))
+        """Have the watcher thread re-read at ``refresh_at`` (replacing the planned re-read)."""
+        HUB.schedule(refresh_at - now, _Deadline(weakref.ref(self)), slot=self._slot)
 
     def _warn_failure(self, err: TokenError, current: Token, now: float) -> None:
         # One warning per cause: the reason code, not the message (messages hold relative times).
@@ -584,19 +584,19 @@ class TokenSource:
 
 
 class _Deadline:
-    """A heap entry: re-read the source's file, unless the source rescheduled or went away."""
+    """A heap entry: re-read the source's file, unless the source went away (the hub drops an
+    entry its source replaced)."""
 
-    __slots__ = ("source", "timer")
+    __slots__ = ("source",)
 
-    def __init__(self, source: weakref.ref[TokenSource], timer: object) -> None:
+    def __init__(self, source: weakref.ref[TokenSource]) -> None:
         self.source = source
-        self.timer = timer
 
     def __call__(self) -> None:
         src = self.source()
-        if src is None or src._closed or src._timer is not self.timer:
-            return  # stale entry
-        src._file.refresh(seen=src._snap.generation)
+        if src is None or src._closed:
+            return
+        src._file.refresh(seen=src._snap.generation)  # skipped if another thread just read it
 
 
 def _timestamp(value: Union[float, datetime]) -> float:
