@@ -510,6 +510,32 @@ def test_child_sources_keep_rotating_after_fork(kl: Kubelet, vol: ProjectedVolum
         assert wait_for(lambda: src.token() == newer)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_keeps_its_deadline_numbering(kl: Kubelet, vol: ProjectedVolume) -> None:
+    """The child inherits the parent's deadline heap, replaced entries included. Entries are
+    told apart by their sequence number, so the child must go on numbering from the parent's:
+    restarting at 0 would give a new deadline the number of a replaced one (which would then
+    fire in its place, and the live one be dropped as replaced)."""
+    with TokenSource(vol.token_path, audience=AUD, refresh_interval=3600) as src:
+        for _ in range(5):
+            src.reload()  # replaced entries, left in the heap until due
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                with HUB.lock:
+                    in_heap = max(e[1] for e in HUB.heap)
+                    upcoming = next(HUB.seq)
+                os.write(w, b"ok" if upcoming > in_heap else b"reused")
+            finally:
+                os._exit(0)
+        os.close(w)
+        verdict = os.read(r, 16)
+        os.waitpid(pid, 0)
+        assert verdict == b"ok"
+
+
 # ---------------------------------------------------------------- 12. content ---------------
 
 

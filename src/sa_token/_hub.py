@@ -512,8 +512,9 @@ class Hub:
         self.lock.release()
 
     def _after_fork_in_child(self) -> None:
-        files, dirs, tracked = self.files, self.dirs, list(self.tracked)
-        heap, slots, replaced = self.heap, self.slots, self.replaced
+        tracked = list(self.tracked)
+        # Registrations and deadlines carry over (seq too: it tells a slot's live entry apart).
+        kept = (self.files, self.dirs, self.heap, self.slots, self.replaced, self.seq)
         for fd in (self.inotify_fd, self.wake_r, self.wake_w):  # ours are copies: close, never use
             if fd is not None:
                 try:
@@ -521,7 +522,8 @@ class Hub:
                 except OSError:
                     pass
         self._init()
-        self.files, self.dirs, self.heap, self.slots, self.replaced = files, dirs, heap, slots, replaced
+        self.files, self.dirs, self.heap, self.slots, self.replaced, self.seq = kept
+        files, dirs = self.files, self.dirs
         for obj in tracked:
             self.tracked.add(obj)
             _call(obj.after_fork_in_child)
