@@ -28,10 +28,17 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name)
 
 
+# Each server's CA file, written by the fixture (as the other modules' `ca_file` fixtures do) and
+# held only while the server lives: keyed by the server itself, never by a reusable id() or port.
+_CA_FILES: dict[FakeAPIServer, str] = {}
+
+
 @pytest.fixture
-def api(token_issuer: TokenIssuer) -> Iterator[FakeAPIServer]:
+def api(token_issuer: TokenIssuer, tmp_path: Path) -> Iterator[FakeAPIServer]:
     with FakeAPIServer(token_issuer) as server:
+        _CA_FILES[server] = server.write_ca(tmp_path / "ca.crt")
         yield server
+        del _CA_FILES[server]
 
 
 def jti_of(token: str) -> str:
@@ -49,18 +56,8 @@ def review(api: FakeAPIServer, token: Optional[str], audiences: Optional[list[st
                          headers={"Authorization": f"Bearer {reviewer}"}, verify=_ca(api), timeout=5)
 
 
-# One file per CA, keyed by the CA itself: an id() would be reused by the next server once this
-# one is freed, and that server's requests would then be checked against a dead CA.
-_CA_FILES: dict[bytes, str] = {}
-
-
 def _ca(api: FakeAPIServer) -> str:
-    import tempfile
-
-    key = api.ca_pem
-    if key not in _CA_FILES:
-        _CA_FILES[key] = api.write_ca(Path(tempfile.mkdtemp()) / "ca.crt")
-    return _CA_FILES[key]
+    return _CA_FILES[api]
 
 
 # ----------------------------------------------------------------------- TokenReview -------
