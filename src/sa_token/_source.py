@@ -285,7 +285,8 @@ class TokenSource:
         # Bookkeeping for log lines and the timer, written only under the file's lock:
         self._warned: set[str] = set()  # reasons already warned about since the last good read
         self._stale_warned: Optional[int] = None  # hash of the token last warned stale
-        self._slot = object()  # this source's one entry in the hub's deadline heap
+        # This source's planned re-read: one object, also its slot in the hub's deadline heap.
+        self._deadline = _Deadline(weakref.ref(self))
 
         # Register (and arm the watch) before the first read: a rotation after this point
         # raises an event. One registry operation; undone below if the read fails.
@@ -442,7 +443,7 @@ class TokenSource:
             self._snap = dataclasses.replace(self._snap, serve_until=-math.inf, refresh_at=math.inf)
             self._file.sources.discard(self)
         self._finalizer.detach()
-        HUB.cancel(self._slot)
+        HUB.cancel(self._deadline)
         HUB.release(self._file, watch=self._watch)
 
     @property
@@ -554,7 +555,7 @@ class TokenSource:
 
     def _schedule(self, refresh_at: float, now: float) -> None:
         """Have the watcher thread re-read at ``refresh_at`` (replacing the planned re-read)."""
-        HUB.schedule(refresh_at - now, _Deadline(weakref.ref(self)), slot=self._slot)
+        HUB.schedule(refresh_at - now, self._deadline, slot=self._deadline)
 
     def _warn_failure(self, err: TokenError, current: Token, now: float) -> None:
         # One warning per cause: the reason code, not the message (messages hold relative times).
@@ -584,8 +585,8 @@ class TokenSource:
 
 
 class _Deadline:
-    """A heap entry: re-read the source's file, unless the source went away (the hub drops an
-    entry its source replaced)."""
+    """A source's planned re-read: re-read its file, unless the source went away (the hub drops
+    an entry the source replaced). It holds the source weakly: a dropped source is collected."""
 
     __slots__ = ("source",)
 
