@@ -6,8 +6,9 @@ exchange says what to do; the driver does the sending in its client's own way:
 1. **Read the token** (from the [`TokenSource`][sa_token.TokenSource]; a file read, when one
    is due, runs in a worker thread for the async drivers, never on the event loop).
 2. **Send with it**: the driver puts ``Authorization: Bearer <token>`` on the request (gRPC: its
-   metadata plugin does), sends, and reports the answer as a [`Reply`][sa_token._flow.Reply].
-3. **On a rejection** (HTTP 401, gRPC ``UNAUTHENTICATED``) of a request that carried this token:
+   metadata plugin does) and sends. Any answer but a rejection stands: the driver stops there.
+3. **On a rejection** (HTTP 401, gRPC ``UNAUTHENTICATED``), which the driver reports as a
+   [`Reply`][sa_token._flow.Reply], of a request that carried this token:
    invalidate what was read before the request started (client-go's
    ``ResetTokenOlderThan(start)``: a burst of 401s causes one re-read), read again, and only if
    the token changed and the body can be replayed, send once more ([`MAX_401_RETRIES`]
@@ -106,26 +107,25 @@ def bearer(held: Held) -> str:
 
 
 class Reply:
-    """What a driver reports about the answer to a request it sent with the exchange's token.
+    """A rejection (HTTP 401, gRPC ``UNAUTHENTICATED``) of a request the driver sent with the
+    exchange's token: the only answer a driver reports.
 
     Args:
-        rejected: the answer is HTTP 401 (gRPC: ``UNAUTHENTICATED``).
-        url: where the answered request went (after redirects); ``None``: where it was sent.
+        url: where the rejected request went (after redirects); ``None``: where it was sent.
         authorization: the ``Authorization`` header the answered request carried, for clients
             whose redirects may have dropped or replaced it; leave it out when the request
             surely carried the exchange's token.
     """
 
-    __slots__ = ("authorization", "rejected", "url")
+    __slots__ = ("authorization", "url")
     _SENT = object()
 
-    def __init__(self, rejected: bool, url: Optional[str] = None, authorization: object = _SENT) -> None:
-        self.rejected = rejected
+    def __init__(self, url: Optional[str] = None, authorization: object = _SENT) -> None:
         self.url = url
         self.authorization = authorization
 
     def __repr__(self) -> str:
-        return f"Reply(rejected={self.rejected}, url={self.url!r})"
+        return f"Reply(url={self.url!r})"
 
 
 class _Read:
@@ -202,7 +202,7 @@ class BearerFlow:
         for _ in range(MAX_401_RETRIES):
             reply = yield _Send(sent)
             assert isinstance(reply, Reply)
-            if not (reply.rejected and self._carried(reply, sent)):
+            if not self._carried(reply, sent):
                 return
             if not replayable():
                 yield _Reread(started, only_invalidate=True)  # the next request re-reads
@@ -226,11 +226,10 @@ class Exchange:
     """The steps of one request's exchange, driven by [`step`][sa_token._flow.Exchange.step]
     (synchronous clients) or [`astep`][sa_token._flow.Exchange.astep] (async clients).
 
-    An answer that is not a rejection ends the exchange: a driver may report it, or simply stop
-    (the fast path of the clients whose hooks cost per call). The flow's first two steps are
-    always "read", then "send with what was read": the exchange takes them itself and starts
-    the flow's generator only when an answer is reported, so a request that is not rejected
-    costs one token read and no generator.
+    An answer that is not a rejection ends the exchange: the driver stops without reporting it.
+    The flow's first two steps are always "read", then "send with what was read": the exchange
+    takes them itself and starts the flow's generator only when a rejection is reported, so a
+    request that is not rejected costs one token read and no generator.
     """
 
     __slots__ = ("_flow", "_replayable", "_sent", "_source", "_started", "_steps")
@@ -247,9 +246,9 @@ class Exchange:
         return f"<Exchange of {self._source!r}>"
 
     def step(self, reply: Optional[Reply] = None) -> Optional[Held]:
-        """Report ``reply`` (nothing, the first time) and run the token reads that follow in
-        this thread; returns the token to send the request (again) with, or ``None``: the
-        answer stands."""
+        """Report the rejection ``reply`` (nothing, the first time) and run the token reads that
+        follow in this thread; returns the token to send the request (again) with, or ``None``:
+        the rejection stands."""
         if self._sent is None:  # the first step: read
             self._sent = self._run(_READ)
             return self._sent

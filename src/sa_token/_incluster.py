@@ -249,13 +249,13 @@ def send(
                 except Exception as exc:
                     if not _rejected(exc, api_exception):
                         raise
-                    held = exchange.step(Reply(True))
+                    held = exchange.step(Reply())
                     if held is None:
                         raise
                     continue
             if getattr(response, "status", None) != UNAUTHORIZED:
                 return response  # the answer stands: nothing for the flow to do
-            held = exchange.step(Reply(True))
+            held = exchange.step(Reply())
             if held is None:
                 return response
             release(response)
@@ -286,13 +286,13 @@ async def asend(
                 except Exception as exc:
                     if not _rejected(exc, api_exception):
                         raise
-                    held = await exchange.astep(Reply(True), to_thread=asyncio.to_thread)
+                    held = await exchange.astep(Reply(), to_thread=asyncio.to_thread)
                     if held is None:
                         raise
                     continue
             if getattr(response, "status", None) != UNAUTHORIZED:
                 return response
-            held = await exchange.astep(Reply(True), to_thread=asyncio.to_thread)
+            held = await exchange.astep(Reply(), to_thread=asyncio.to_thread)
             if held is None:
                 return response
             release(response)

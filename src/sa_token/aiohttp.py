@@ -92,7 +92,7 @@ class TokenMiddleware:
             resp = await handler(req)
             if resp.status != UNAUTHORIZED:
                 return resp  # the exchange ends here
-            held = await exchange.astep(Reply(True), to_thread=asyncio.to_thread)
+            held = await exchange.astep(Reply(), to_thread=asyncio.to_thread)
             if held is None:
                 return resp
             resp.release()  # the 401's connection goes back to the pool

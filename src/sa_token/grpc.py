@@ -125,7 +125,7 @@ class _Interceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             call = continuation(details, request)
             if call.code() != grpc.StatusCode.UNAUTHENTICATED:
                 return call  # the exchange ends here
-            held = exchange.step(Reply(True))
+            held = exchange.step(Reply())
             if held is None:
                 return call
 
@@ -145,7 +145,7 @@ class _AioInterceptor(grpc_aio.UnaryUnaryClientInterceptor):  # type: ignore[mis
             call = await continuation(details, request)
             if await call.code() != grpc.StatusCode.UNAUTHENTICATED:
                 return call  # the exchange ends here
-            held = await exchange.astep(Reply(True), to_thread=asyncio.to_thread)
+            held = await exchange.astep(Reply(), to_thread=asyncio.to_thread)
             if held is None:
                 return call
 

@@ -102,7 +102,7 @@ class TokenAuth(httpx.Auth):
 
 def _reply(response: httpx.Response) -> Reply:
     last = response.request  # after redirects, the redirected request
-    return Reply(response.status_code == UNAUTHORIZED, str(last.url), last.headers.get(AUTHORIZATION))
+    return Reply(str(last.url), last.headers.get(AUTHORIZATION))
 
 
 def _replayable(request: httpx.Request) -> bool:

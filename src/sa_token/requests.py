@@ -94,9 +94,7 @@ class _RetryOn401:
         if r.is_redirect or r.status_code != UNAUTHORIZED:
             return r  # the answer stands: nothing for the flow to do
         prep = r.request
-        held = self.exchange.step(
-            Reply(True, prep.url, prep.headers.get(AUTHORIZATION))
-        )
+        held = self.exchange.step(Reply(prep.url, prep.headers.get(AUTHORIZATION)))
         if held is None:
             return r
         # As HTTPDigestAuth.handle_401: release the connection, copy, resend on the same adapter.
