@@ -224,10 +224,14 @@ def test_a_restarted_server_is_recovered_from(env: Env) -> None:
 
 @pytest.mark.slow
 def test_sealed_vault_keeps_the_token_and_backs_off(env: Env, caplog: pytest.LogCaptureFixture) -> None:
-    with env.vault(method="jwt", max_backoff=0.4) as vault:
+    # A 6 s lease: renewed at ~4.3 s, which meets the sealed server; unsealed at once (~10 ms),
+    # the backoff's retry (at most 0.6 s later) renews it a second before it ends. (With the
+    # 2 s role the retry could come after the end, and a fixed sleep raced the first renewal.)
+    env.bao.add_role("sealed", token_ttl=6, token_max_ttl=60, **ROLE)  # type: ignore[arg-type]
+    with env.vault("sealed", method="jwt", max_backoff=0.4) as vault:
         accessor = vault.lease.accessor
         env.bao.seal()
-        time.sleep(1.2)  # renewals fail (503 sealed) while the 2 s lease is still valid
+        assert wait_for(lambda: vault._keeper._failures >= 1, timeout=6)  # a renewal met the seal (503)
         assert vault.lease.accessor == accessor and vault.token()  # kept, no error yet
         env.bao.unseal()
         assert wait_for(lambda: vault._keeper.renewals >= 1 and not vault._keeper._failures, timeout=3)
@@ -238,7 +242,7 @@ def test_sealed_vault_keeps_the_token_and_backs_off(env: Env, caplog: pytest.Log
 
         env.bao.seal()  # now until the lease runs out: then, and only then, the typed error
         assert wait_for(lambda: vault._keeper.peek() is not None
-                        and not vault._keeper.peek().valid(time.time()), timeout=4)  # type: ignore[union-attr]
+                        and not vault._keeper.peek().valid(time.time()), timeout=8)  # type: ignore[union-attr]
         with pytest.raises(VaultLoginError) as info:
             vault.token()
         assert info.value.transient and info.value.status == 503 and "sealed" in str(info.value)
