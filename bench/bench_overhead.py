@@ -23,6 +23,7 @@ hiccups hit both sides alike and are shed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import statistics
@@ -89,8 +90,20 @@ def paired(sides: dict[str, Callable[[], None]], rounds: int, block: int) -> dic
     }
 
 
+def _die_with_parent() -> None:
+    """In the server's child, before exec: SIGTERM it when this process dies (PR_SET_PDEATHSIG),
+    so that a benchmark killed by a timeout leaves no server behind."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def _server(args: list[str]) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent  # noqa: PLW1509
+    )
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline())
 

@@ -20,6 +20,8 @@ import time
 from collections.abc import Sequence
 from typing import Optional
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from sa_token import TokenError
 from sa_token.aws import boto3_session
 
@@ -45,6 +47,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
         except TokenError as exc:  # the typed errors: expired token, STS refusal (STSError)
             print(f"call {n}: {exc}", file=sys.stderr)
+            return 1
+        except (BotoCoreError, ClientError) as exc:  # STS or S3 unreachable, S3 refused
+            print(f"call {n}: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
         print(f"call {n}: {len(names)} bucket(s): {', '.join(names)}")
     return 0

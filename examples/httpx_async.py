@@ -9,7 +9,8 @@ that file.
     python httpx_async.py [--url https://kubernetes.default.svc/version] [--token-path PATH] \
         [--audience AUD] [--ca PATH | --ca system] [--count 3 --concurrency 5 --interval 1]
 
-Prints one line per round: the statuses and the token jti(s) the server saw. A request that
+Prints one line per round: the statuses, and the token jti(s) the server saw when it reports
+them (a test server's ``/echo`` does; the API server's ``/version`` does not). A request that
 fails is explained once on stderr (a TLS failure says what to check). Exits 1 if any request
 failed, 2 if the token or the CA file cannot be used.
 """
@@ -88,8 +89,11 @@ async def run(args: argparse.Namespace) -> int:
                     if r.status_code != 200:
                         failures += 1
                     elif r.headers.get("content-type", "").startswith("application/json"):
-                        jtis.add(str(r.json().get("jti")))
-                print(f"round {round_no}: {' '.join(statuses)} jti={','.join(sorted(jtis))}", flush=True)
+                        body = r.json()
+                        if isinstance(body, dict) and body.get("jti"):  # a server that reports it
+                            jtis.add(str(body["jti"]))
+                seen = f" jti={','.join(sorted(jtis))}" if jtis else ""
+                print(f"round {round_no}: {' '.join(statuses)}{seen}", flush=True)
     return 1 if failures else 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "bench" / "run.py"
+SMOKE_TIMEOUT = 900
 SECTIONS = ("hot_path", "rotation", "busy", "http", "scale", "import")
 
 pytestmark = [
@@ -44,16 +46,27 @@ def _numbers(obj: Any, where: str = "") -> list[tuple[str, float]]:
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench") / "smoke.json"
-    proc = subprocess.run(
+    # Its own process group: on a timeout every process it started (benchmark servers, kubelet
+    # processes) is killed with it. The bound is generous: alone it takes ~13 s, but a loaded
+    # 2-core machine (another suite running beside it, Python 3.9's GIL hand-offs) stretched it
+    # past 180 s; the test is about the shape of the results, never about speed.
+    proc = subprocess.Popen(
         [sys.executable, str(RUN), "--smoke", "--json", str(out)],
-        check=False,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=180,
         cwd=ROOT,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Targets" in proc.stdout  # the table was printed
+    try:
+        stdout, stderr = proc.communicate(timeout=SMOKE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"bench/run.py --smoke ran past {SMOKE_TIMEOUT} s; its log:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    proc_stdout = stdout
+    assert "Targets" in proc_stdout  # the table was printed
     data: dict[str, Any] = json.loads(out.read_text())
     return data
 

@@ -173,3 +173,25 @@ def test_an_example_outside_a_configured_pod_fails_clearly() -> None:
     assert (
         res.returncode == 2 and "AZURE_FEDERATED_TOKEN_FILE" in res.stderr and "Traceback" not in res.stderr
     )
+
+
+def test_aws_example_with_sts_unreachable(rotating: Callable[[str], RecordingKubelet], tmp_path: Path) -> None:
+    """STS refuses connections: one line saying so, exit 1, no traceback."""
+    pytest.importorskip("boto3")
+    kubelet = rotating("aws")
+    env = {
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(kubelet.volume.token_path),
+        "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/app",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_STS": "http://127.0.0.1:1",  # nothing listens there
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:1",
+        "AWS_MAX_ATTEMPTS": "1",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+    }
+    res = run("aws_s3.py", env, "--count", "1")
+    kubelet.stop()
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith("call 1: ") and "127.0.0.1:1" in line
+    assert_no_token(res.stdout + res.stderr, kubelet.tokens)

@@ -464,3 +464,19 @@ def test_gunicorn_preload_workers_follow_rotations(tmp_path: Path, token_issuer:
             out, _ = proc.communicate()
     assert "Traceback" not in out, out
     assert_no_token(out, [kubelet.current or ""])
+
+
+def test_httpx_async_example_at_an_url_that_reports_no_jti(api_env: Env) -> None:
+    """The default URL, /version, says nothing of the token: no "jti=None" line."""
+    pytest.importorskip("httpx")
+    res = run_example(
+        "httpx_async.py",
+        "--url", f"{api_env.server.url}/version",
+        "--token-path", str(api_env.volume.token_path),
+        "--audience", API_AUDIENCE,
+        "--ca", api_env.ca_file,
+        "--count", "1", "--concurrency", "2", "--interval", "0",
+        env={},
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines() == ["round 1: 200 200"]

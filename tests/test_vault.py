@@ -297,17 +297,22 @@ def test_a_deleted_pod_and_an_unreachable_vault(env: Env) -> None:
 def test_a_forked_worker_gets_its_own_token_and_the_parent_keeps_its_own(env: Env) -> None:
     vault = env.vault("steady", revoke_on_close=True)
     parent = vault.lease.accessor
+    logins_before = env.bao.count("auth/kubernetes/login")
     assert read(vault) == {"password": "s3cret"}  # a pooled connection the child inherits
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
         try:
-            first = vault.lease.accessor  # at once: the parent's, nothing waits
+            time.sleep(0.3)
+            idle_logins = env.bao.count("auth/kubernetes/login")  # none before the child uses it
+            first = vault.lease.accessor  # the parent's: looking is not using
+            vault.token()  # the first use: answered at once (the parent's), the child logs in
             ok = wait_for(lambda: vault.lease.accessor != parent, timeout=5)
             secret = read(vault)
             mine = vault.lease.accessor
             vault.close()  # revokes the child's token only
-            os.write(w, json.dumps({"first": first, "own": ok, "mine": mine, "secret": secret}).encode())
+            os.write(w, json.dumps({"first": first, "own": ok, "mine": mine, "secret": secret,
+                                    "idle": idle_logins}).encode())
         finally:
             os._exit(0)
     os.close(w)
@@ -316,6 +321,7 @@ def test_a_forked_worker_gets_its_own_token_and_the_parent_keeps_its_own(env: En
     os.waitpid(pid, 0)
     assert report["first"] == parent and report["own"] and report["secret"] == {"password": "s3cret"}
     assert report["mine"] != parent
+    assert report["idle"] == logins_before  # a forked child that has not used it made no login
     assert vault.lease.accessor == parent and read(vault) == {"password": "s3cret"}  # not revoked
     assert env.bao.count("auth/token/revoke-self") == 1
     vault.close()

@@ -21,8 +21,10 @@ from ._token import Token
 from ._version import __version__
 from .errors import (
     AudienceMismatchError,
+    ConfigurationError,
     IssuerMismatchError,
     MalformedTokenError,
+    ThreadStartError,
     TokenError,
     TokenExpiredError,
     TokenFileError,
@@ -35,6 +37,7 @@ __all__ = [
     "AudienceMismatchError",
     "CABundle",
     "CAFileError",
+    "ConfigurationError",
     "IssuerMismatchError",
     "MalformedTokenError",
     "Token",
@@ -43,6 +46,7 @@ __all__ = [
     "TokenFileError",
     "TokenNotYetValidError",
     "TokenSource",
+    "ThreadStartError",
     "TokenStatus",
     "TokenValidationError",
     "__version__",

@@ -33,6 +33,7 @@ from typing import Callable, Optional, Union
 
 from . import _fmt
 from ._hub import HUB, HubFile
+from ._locks import Notes
 from ._read import describe, read_bounded
 from ._subscribers import Subscribers
 from .errors import TokenFileError
@@ -228,11 +229,19 @@ class CABundle:
     def refresh(self) -> bool:
         """Re-check the file now. Returns True if a new, valid bundle was loaded. A bad new file
         keeps the current bundle (one warning per distinct problem)."""
-        if self._closed:
+        if self._closed or self._hub_file.lock.held():  # held: a finalizer inside our own re-check
             return False
+        now = self._now()  # before the lock: an injected clock never runs under it
+        notes = Notes()
+        changed = self._refresh(now, notes)
+        notes.say()
+        if changed:
+            self._subscribers.notify(self._state.pem)
+        return changed
+
+    def _refresh(self, now: float, notes: Notes) -> bool:
         with self._hub_file.lock:
             state = self._state
-            now = self._now()
             next_check = now + self.check_interval
             sig = _signature(self.path)
             if sig is not None and sig == state.signature:
@@ -244,8 +253,11 @@ class CABundle:
                 self._state = dataclasses.replace(state, next_check=next_check)
                 if exc.reason not in self._warned:  # one warning per cause
                     self._warned.add(exc.reason)
-                    log.warning(
-                        "sa-token: %s; keeping the current CA bundle (generation %d)", exc, state.generation
+                    notes.add(
+                        logging.WARNING,
+                        "sa-token: %s; keeping the current CA bundle (generation %d)",
+                        exc,
+                        state.generation,
                     )
                 return False
             self._warned.clear()
@@ -253,10 +265,12 @@ class CABundle:
                 self._state = dataclasses.replace(state, signature=sig, next_check=next_check)
                 return False
             self._state = _State(pem, ctx, state.generation + 1, sig, next_check, now)
-            log.info(
-                "sa-token: CA bundle %s changed (generation %d)", _fmt.path(self.path), state.generation + 1
+            notes.add(
+                logging.INFO,
+                "sa-token: CA bundle %s changed (generation %d)",
+                _fmt.path(self.path),
+                state.generation + 1,
             )
-        self._subscribers.notify(pem)
         return True
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
@@ -266,13 +280,11 @@ class CABundle:
         return self._subscribers.add(callback)
 
     def close(self) -> None:
-        """Stop watching and re-checking; the current bundle stays usable. Idempotent."""
-        with self._hub_file.lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._finalizer.detach()
-        HUB.release(self._hub_file, watch=self._watch)
+        """Stop watching and re-checking; the current bundle stays usable. Idempotent, and safe
+        from a finalizer (the release is then left to the watcher thread if need be)."""
+        self._closed = True
+        if self._finalizer.detach() is not None:
+            HUB.release(self._hub_file, watch=self._watch)  # deferred if this thread holds the hub's lock
 
     def __enter__(self) -> CABundle:
         return self

@@ -12,28 +12,18 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import Optional
 
 from . import _fmt
-from ._source import TokenSource
+from ._source import TokenSource, require_source
 from ._validity import Expectations, binding_error
-from .errors import AudienceMismatchError, TokenError
+from .errors import AudienceMismatchError, ConfigurationError, TokenError
 
 __all__ = ["ConfigurationError", "ExchangeError", "platform_source", "scrub", "setting"]
 
 # A server's error text is shown up to this length: enough for any STS message (AADSTS texts
 # run to about 400 characters with their trace ids), short of flooding a log line.
 MAX_SHOWN_ERROR = 600
-# Anything shaped like a compact JWS: a service that echoed the assertion must not make us show it.
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-
-
-class ConfigurationError(TokenError, ValueError):
-    """A required setting is neither passed nor in the environment; the message names the
-    variable. Also a ``ValueError``."""
-
-    reason = "not-configured"
 
 
 class ExchangeError(TokenError):
@@ -75,8 +65,7 @@ class ExchangeError(TokenError):
 def scrub(text: object) -> str:
     """A service's error text, safe to show: JWTs replaced, control characters escaped, cut to
     `MAX_SHOWN_ERROR` characters."""
-    shown = _fmt.text(_JWT.sub("<token>", str(text)))
-    return shown if len(shown) <= MAX_SHOWN_ERROR else shown[: MAX_SHOWN_ERROR - 5] + "[...]"
+    return _fmt.text(text, limit=MAX_SHOWN_ERROR)
 
 
 def setting(value: Optional[str], variable: str, what: str) -> str:
@@ -99,6 +88,7 @@ def platform_source(
 ) -> TokenSource:
     """``source`` checked for ``audience``, or a new `TokenSource` expecting ``audience`` on
     ``path`` (default: the file named by the environment variable ``variable``)."""
+    source = require_source(source, f"the {platform} credentials")
     needs = f"{platform} needs a projected token for audience {audience!r}"
     if source is None:
         path = path or setting(None, variable, f"{platform}: the projected token file")

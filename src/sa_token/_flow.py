@@ -161,12 +161,20 @@ class BearerFlow:
         source: where the token comes from.
         hosts: the hosts that may get the token (see the module documentation); ``None``: all.
         client: the integration's name, for [`count_auth_retry`][sa_token._observe.count_auth_retry].
+        what: the public call, for the `TypeError` that refuses a path where a source belongs.
     """
 
     def __init__(
-        self, source: TokenSource, *, hosts: Union[str, Iterable[str], None] = None, client: str
+        self,
+        source: TokenSource,
+        *,
+        hosts: Union[str, Iterable[str], None] = None,
+        client: str,
+        what: Optional[str] = None,
     ) -> None:
-        self.source = source
+        from ._source import require_source  # here: _source imports this module's users
+
+        self.source = require_source(source, what or f"the {client} integration")
         self.hosts: Optional[frozenset[HostKey]] = None if hosts is None else parse_hosts(hosts)
         self.client = client
 

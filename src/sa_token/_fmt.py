@@ -1,8 +1,11 @@
 """The one set of formatters for what sa-token shows people: times, durations, paths, text.
 
-Every message, log line and CLI output goes through these, so that a timestamp far outside
-the datetime range, a path of 100 KB or a claim carrying terminal escape sequences is shown
-safely and the same way everywhere.
+Every message, log line, CLI output and metrics label goes through these, so that a timestamp
+far outside the datetime range, a path of 100 KB or a claim carrying terminal escape sequences
+is shown safely and the same way everywhere. `text` is the one formatter of text that came from
+outside (server bodies, claims, file names): it replaces anything shaped like a JWT and escapes
+control, lone surrogate, bidi and line-separator characters, so such text can neither leak a
+token, nor drive a terminal, nor reorder or split what a person reads, nor fail to encode.
 """
 
 from __future__ import annotations
@@ -12,16 +15,28 @@ import re
 from datetime import datetime, timezone
 from typing import Optional, Union
 
-__all__ = ["MAX_SHOWN_PATH", "duration", "iso", "looks_like_jwt", "path", "redact", "relative", "text"]
+__all__ = [
+    "MAX_SHOWN_PATH", "duration", "exact_duration", "iso", "looks_like_jwt", "path", "redact", "relative",
+    "text",
+]
 
 # A path echoed in a message is cut to this many characters: enough for any real mount path
 # (the kubelet's host paths are under 200), short enough that a whole JWT passed by mistake
 # as a path (about 1 KiB) can never be shown.
 MAX_SHOWN_PATH = 256
 
-# C0 and C1 control characters and DEL: ANSI/OSC escape sequences start with ESC (0x1b) or a C1
-# introducer (0x9b CSI, 0x9d OSC); a terminal acts on them.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Characters never shown as they are:
+# * C0 and C1 control characters and DEL: ANSI/OSC escape sequences start with ESC (0x1b) or a C1
+#   introducer (0x9b CSI, 0x9d OSC); a terminal acts on them;
+# * lone surrogates (U+D800-U+DFFF: JSON "\ud800" decodes to one): no encoder writes them, so a
+#   print() would raise UnicodeEncodeError;
+# * bidi controls (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069): they reorder what follows
+#   ("Trojan Source", CVE-2021-42574);
+# * the line and paragraph separators U+2028/U+2029 (U+0085 is a C1 character): a log line
+#   that a reader splits in two.
+_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 # A compact JWS: a base64url JSON header (always starts with '{"', base64 'eyJ'), payload and
 # signature. Used to refuse showing a token that was passed where a path belongs.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -70,6 +85,23 @@ def duration(seconds: float) -> str:
     return f"{d}d{h}h"
 
 
+def exact_duration(seconds: float) -> str:
+    """A duration to the second, never rounded up: ``9m55s``, ``1h02m03s``, ``4.5s``; for
+    figures set against a threshold (``sa-token check --min-remaining``), where `duration`'s
+    rounding (595 s is ``10m``) would contradict the verdict."""
+    if not math.isfinite(seconds):
+        return duration(seconds)
+    s = abs(seconds)
+    if s < 10:
+        return f"{math.floor(s * 10) / 10:.1f}s".replace(".0s", "s")
+    whole = int(s)
+    h, rest = divmod(whole, 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m{sec:02d}s"
+    return f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
 def relative(value: Instant, now: float) -> str:
     """``in 41m`` or ``15s ago`` (``never`` for ``None``)."""
     ts = _ts(value)
@@ -79,10 +111,20 @@ def relative(value: Instant, now: float) -> str:
     return f"in {duration(delta)}" if delta >= 0 else f"{duration(delta)} ago"
 
 
-def text(value: object) -> str:
-    """``str(value)`` with control characters escaped (``\\x1b`` stays visible as text), for
-    anything a token or a file supplied: claims, error texts, names."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+def _escape(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def text(value: object, *, limit: Optional[int] = None) -> str:
+    """``str(value)`` made safe to show: every run that looks like a JWT replaced by
+    ``<a token>``, control, lone surrogate, bidi and line-separator characters escaped
+    (``\\x1b``, ``\\ud800``, ``\\u202e`` stay visible as text), and cut to ``limit``
+    characters. For anything a token, a file or a server supplied: claims, error texts, names."""
+    shown = _CONTROL.sub(_escape, redact(str(value)))
+    if limit is not None and len(shown) > limit:
+        shown = shown[: max(0, limit - 5)] + "[...]"
+    return shown
 
 
 def redact(value: str) -> str:

@@ -44,6 +44,8 @@ import weakref
 from typing import Callable, Optional, TypeVar
 
 from . import _fmt
+from ._locks import Notes, OwnedLock, say
+from .errors import ThreadStartError
 
 __all__ = ["DATA_DIR", "HUB", "Hub", "HubFile", "at_fork_in_child", "volume_root", "watch_targets"]
 
@@ -58,6 +60,13 @@ REARM_MAX = 60.0
 # After an unexpected error in the watcher thread, pause this long before going on: an error that
 # repeats must not spin a core.
 _ERROR_PAUSE = 0.1
+# The longest sleep handed to poll(): its timeout is a C int of milliseconds (24.8 days at most),
+# and a deadline further out (refresh_interval=1e9) must not overflow it. A day: no idle wake-ups
+# worth counting.
+MAX_SLEEP = 86400.0
+# inotify_init1 failures that free descriptors or memory cure (the open-file limit, the node's
+# instance limit, memory): retried with backoff (REARM_FIRST doubling to REARM_MAX).
+_TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 # Compact the deadline heap once replaced entries outnumber the live ones (and are this many):
 # each re-read replaces its source's entry, so without it the heap would grow with the read rate
 # (a kubelet rotating every 5 ms left ~700 dead entries, 120 KB, per 4 s), freed only when due.
@@ -148,7 +157,7 @@ class HubFile:
     def __init__(self, key: str, path: str) -> None:
         self.key = key
         self.path = path
-        self.lock = threading.Lock()
+        self.lock = OwnedLock()
         self.refs = 0
         self.watch_refs = 0
         self.dirs: list[_DirWatch] = []
@@ -163,7 +172,8 @@ class HubFile:
         return bool(dirs) and all(d.wd is not None for d in dirs)
 
     def after_fork_in_child(self) -> None:
-        self.lock = threading.Lock()
+        """In a forked child, at the fork: only cheap, local work (no thread, no descriptor)."""
+        self.lock = OwnedLock()
 
 
 class _DirWatch:
@@ -184,7 +194,10 @@ class Hub:
 
     def __init__(self) -> None:
         self._fork_hooks: list[Callable[[], None]] = []
+        self.wake_r: Optional[int] = None  # the wake-up pipe (made when the thread starts, in a child)
+        self.wake_w: Optional[int] = None
         self._init()
+        self.wake_r, self.wake_w = _pipe()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(
                 before=self._before_fork,
@@ -193,7 +206,8 @@ class Hub:
             )
 
     def _init(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = OwnedLock()
+        self.notes = Notes()  # what to log once the lock is released (`_say`)
         self.files: dict[str, HubFile] = {}
         self.tracked: weakref.WeakSet[HubFile] = weakref.WeakSet()  # every lock holder, for fork
         self.dirs: dict[str, _DirWatch] = {}
@@ -205,19 +219,43 @@ class Hub:
         self.slots: dict[object, int] = {}
         self.replaced = 0
         self.seq = itertools.count()
-        self.deferred: list[tuple[HubFile, bool]] = []  # releases queued by finalizers
+        # Work queued without the lock (finalizers, a close() re-entered under our own lock):
+        # releases (file, watch, deadline slot), done under the lock by the next registration or
+        # the thread; and calls, made by the thread outside the lock.
+        self.deferred: list[tuple[HubFile, bool, Optional[object]]] = []
+        self.later: list[Callable[[], None]] = []
         self.inotify_fd: Optional[int] = None
-        self.unavailable = _NO_INOTIFY  # why inotify cannot be used, once known
+        self.unavailable = _NO_INOTIFY  # why inotify can never be used here (the platform)
+        self.inotify_delay = REARM_FIRST  # the next retry of a failed inotify_init1 (EMFILE...)
+        self.inotify_down: Optional[str] = None  # why inotify_init1 fails, during an outage (warned)
+        self.inotify_retrying = False  # a retry of inotify_init1 is scheduled
         self.warned: set[str] = set()
-        self.wake_r, self.wake_w = _pipe()
+        self.wake_r = self.wake_w = None
+        self.started = True  # False in a forked child until its first use
         self.thread: Optional[threading.Thread] = None
         self.threads_started = 0
         self.sleeping_until = -math.inf  # -inf while the thread is awake (it rescans before sleeping)
 
+    def _say(self) -> None:
+        """Log what locked sections collected: after the lock is released, never under it."""
+        if self.notes and not self.lock.held():
+            with self.lock:
+                lines = self.notes.take()
+            say(lines)
+
     # ------------------------------------------------------------------ registration -------
     def acquire(self, key: str, factory: Callable[[], F], *, watch: bool) -> F:
         """The file registered under ``key`` (created by ``factory`` if new), with one more user.
-        Every `acquire` is paired with one `release` (or `release_later` from a finalizer)."""
+        Every `acquire` is paired with one `release` (or `release_later` from a finalizer).
+
+        Raises `ThreadStartError` (and registers nothing) when the watcher thread is not
+        running and cannot be started; a later call tries again."""
+        if self.lock.held():
+            raise RuntimeError(
+                "sa-token: a TokenSource or CABundle cannot be created while this thread is inside "
+                "sa-token's registry (from a finalizer the garbage collector ran there): create it "
+                "outside __del__"
+            )
         with self.lock:
             self._release_deferred()
             f = self.files.get(key)
@@ -229,16 +267,33 @@ class Hub:
                 f.watch_refs += 1
                 if f.watch_refs == 1:
                     self._watch(f)
-            self._ensure_thread()
+            failure = self._start()
+            if failure is not None:
+                self._release(f, watch)
+        self._say()
+        if failure is not None:
+            raise failure
         return f  # type: ignore[return-value]
 
-    def release(self, f: HubFile, *, watch: bool) -> None:
+    def release(self, f: HubFile, *, watch: bool, slot: Optional[object] = None) -> None:
+        """One user less (and its deadline ``slot`` cancelled). Deferred, not waited for, when
+        the calling thread holds the hub's lock already (a finalizer run inside our work)."""
+        if self.lock.held():
+            self.release_later(f, watch, slot)
+            return
         with self.lock:
             self._release(f, watch)
+            if slot is not None:
+                self._drop(slot)
 
-    def release_later(self, f: HubFile, watch: bool) -> None:
+    def release_later(self, f: HubFile, watch: bool, slot: Optional[object] = None) -> None:
         """For finalizers: lock-free; the thread (or the next registration) releases."""
-        self.deferred.append((f, watch))
+        self.deferred.append((f, watch, slot))  # list.append: atomic, takes no lock
+        self._poke()
+
+    def defer(self, work: Callable[[], None]) -> None:
+        """Have the thread call ``work()`` soon, outside every lock (lock-free)."""
+        self.later.append(work)
         self._poke()
 
     def track(self, obj: HubFile) -> None:
@@ -257,19 +312,27 @@ class Hub:
 
     def _release_deferred(self) -> None:
         while self.deferred:
-            f, watch = self.deferred.pop()
+            f, watch, slot = self.deferred.pop()
             self._release(f, watch)
+            if slot is not None:
+                self._drop(slot)
 
     # ------------------------------------------------------------------ deadlines ----------
     def schedule(self, delay: float, fire: Callable[[], None], *, slot: Optional[object] = None) -> None:
         """Call ``fire()`` from the thread in ``delay`` seconds (never under a lock; it must not
         raise). With ``slot``, this replaces the slot's entry, if any: the heap holds at most one
         live entry per slot, however often it is rescheduled. An infinite delay only cancels."""
+        if self.lock.held():  # re-entered from a finalizer inside our work: do it from the thread
+            self.defer(functools.partial(self.schedule, delay, fire, slot=slot))
+            return
         with self.lock:
             self._schedule(delay, fire, slot)
 
     def cancel(self, slot: object) -> None:
         """Drop the slot's entry, if any (it will not fire)."""
+        if self.lock.held():
+            self.defer(functools.partial(self.cancel, slot))
+            return
         with self.lock:
             self._drop(slot)
 
@@ -297,16 +360,25 @@ class Hub:
             self.replaced = 0
 
     def ensure_running(self) -> None:
-        """Restart the thread if it died (cheap when it is alive)."""
+        """Start what this process needs (the thread; in a forked child, on its first use, also
+        the inotify instance and the watches) if it is not running; cheap when it is. Never
+        raises: a thread that cannot start is tried again at the next call."""
         t = self.thread
-        if t is None or not t.is_alive():
-            with self.lock:
-                self._ensure_thread()
+        if self.started and t is not None and t.is_alive():
+            return
+        if self.lock.held():
+            return
+        with self.lock:
+            failure = self._start()
+        self._say()
+        if failure is not None and "thread" not in self.warned:
+            self.warned.add("thread")
+            log.warning("sa-token: %s; tokens are still checked and re-read on use", failure)
 
     # ------------------------------------------------------------------ inotify -------------
     def _watch(self, f: HubFile) -> None:
-        if not self._ensure_inotify():
-            return
+        """Register ``f``'s directories; arm those not armed (once inotify is available)."""
+        self._ensure_inotify()
         for directory, names in watch_targets(f.path).items():
             dw = self.dirs.get(directory)
             if dw is None:
@@ -329,32 +401,66 @@ class Hub:
         f.dirs = []
 
     def _ensure_inotify(self) -> bool:
+        """Whether an inotify instance exists, making one if need be (under the lock). A failure
+        for want of descriptors or memory (EMFILE, ENFILE, ENOMEM) is retried with backoff,
+        never remembered for good; only a platform without inotify is."""
         if self.inotify_fd is not None:
             return True
-        if self.unavailable is not None:
+        if self.unavailable is not None or not self.started:
             return False
         fd = _inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
-            self.unavailable = _describe_inotify_error(ctypes.get_errno())
-            log.warning(
-                "sa-token: %s; tokens are re-read by the fallback timer instead (every "
-                "refresh_interval and at each token's rotation point)",
-                self.unavailable,
-            )
+            code = ctypes.get_errno()
+            why = _describe_inotify_error(code)
+            if code not in _TRANSIENT_ERRNOS:
+                self.unavailable = why
+            elif not self.inotify_retrying:
+                self.inotify_retrying = True
+                self._schedule(self.inotify_delay, self._retry_inotify, "inotify")
+                self.inotify_delay = min(self.inotify_delay * 2, REARM_MAX)
+            if self.inotify_down is None:  # once per outage
+                self.inotify_down = why
+                self.notes.add(
+                    logging.WARNING,
+                    "sa-token: %s; tokens are re-read by the fallback timer instead (every "
+                    "refresh_interval and at each token's rotation point)%s",
+                    why,
+                    "" if self.unavailable else " until an inotify instance can be made (retried "
+                    "with backoff, every minute at most)",
+                )
             return False
         self.inotify_fd = fd
+        self.inotify_delay = REARM_FIRST
+        if self.inotify_down is not None:
+            self.inotify_down = None
+            self.notes.add(logging.INFO, "sa-token: inotify is available again: rotations are watched")
         self._poke()  # the thread polls the new descriptor from now on
         return True
 
+    def _retry_inotify(self) -> None:
+        """Deadline: make the inotify instance that failed; if it works, arm every directory and
+        re-read their files (they may have changed while nobody watched)."""
+        files: set[HubFile] = set()
+        with self.lock:
+            self.inotify_retrying = False  # a failure now schedules the next retry
+            if self.inotify_fd is None and self._ensure_inotify():
+                for dw in self.dirs.values():
+                    if dw.wd is None and self._arm(dw):
+                        files |= dw.files()
+        self._say()
+        for f in files:
+            _refresh(f)
+
     def _arm(self, dw: _DirWatch) -> bool:
         if self.inotify_fd is None:
-            return False
+            return False  # armed with the others once an inotify instance exists
         wd = _inotify_add_watch(self.inotify_fd, os.fsencode(dw.directory), _MASK)
         if wd < 0:
             code = ctypes.get_errno()
             if code in (errno.ENOSPC, errno.ENOMEM) and "limit" not in self.warned:
                 self.warned.add("limit")  # once per process: the limit is the node's, not ours
-                log.warning(
+                self.notes.add(
+                    logging.WARNING,
                     "sa-token: cannot watch %s: %s; its tokens are re-read by the fallback timer "
                     "until a watch can be armed (retried every minute at most)",
                     _fmt.path(dw.directory),
@@ -384,9 +490,9 @@ class Hub:
         """Deadline: arm a watch that failed or was lost; if it works, re-read its files (they
         may have changed while nobody watched)."""
         with self.lock:
-            if self.dirs.get(dw.directory) is not dw or dw.wd is not None or not self._arm(dw):
-                return
-            files = dw.files()
+            ok = self.dirs.get(dw.directory) is dw and dw.wd is None and self._arm(dw)
+            files = dw.files() if ok else set()
+        self._say()
         for f in files:
             _refresh(f)
 
@@ -408,16 +514,40 @@ class Hub:
             }
 
     # ------------------------------------------------------------------ the thread ---------
-    def _ensure_thread(self) -> None:
+    def _start(self) -> Optional[ThreadStartError]:
+        """Under the lock: in a forked child, the first use makes the wake-up pipe, the inotify
+        instance and the watches; then the thread. Returns the error if the thread cannot start
+        (nothing is remembered: the next call tries again)."""
+        if not self.started:
+            self.wake_r, self.wake_w = _pipe()
+            self.started = True
+            if any(f.watch_refs for f in self.files.values()) and self._ensure_inotify():
+                for dw in self.dirs.values():
+                    self._arm(dw)
+            # Rotations may have happened while nobody watched: re-read everything once.
+            self._schedule(0.0, functools.partial(_refresh_all, list(self.files.values())))
         if self.thread is not None and self.thread.is_alive():
-            return
-        self.thread = threading.Thread(target=self._run, name="sa-token-watcher", daemon=True)
-        self.thread.start()
+            return None
+        thread = self.thread = threading.Thread(target=self._run, name="sa-token-watcher", daemon=True)
+        try:
+            thread.start()  # it runs while self.thread is itself: set before
+        except RuntimeError as exc:  # "can't start new thread": a pids or RLIMIT_NPROC limit
+            self.thread = None
+            return ThreadStartError(
+                f"sa-token cannot start its watcher thread ({_fmt.text(exc)}): the container's pids "
+                "limit or this user's process limit (ulimit -u, RLIMIT_NPROC) is reached; it is tried "
+                "again at the next use",
+                reason="thread-unavailable",
+            )
         self.threads_started += 1
+        return None
 
     def _poke(self) -> None:
+        fd = self.wake_w
+        if fd is None:
+            return  # a forked child that has not started: nothing to wake
         try:
-            os.write(self.wake_w, b"!")
+            os.write(fd, b"!")
         except OSError:  # the pipe is full: the thread wakes anyway
             pass
 
@@ -433,7 +563,7 @@ class Hub:
                 time.sleep(_ERROR_PAUSE)
 
     def report(self, exc: BaseException) -> None:
-        """Log what the thread caught, once per kind of exception."""
+        """Log what the thread caught, once per kind of exception (never under a lock)."""
         kind = type(exc).__name__
         if kind not in self.warned:
             self.warned.add(kind)
@@ -441,6 +571,8 @@ class Hub:
 
     def _step(self, me: threading.Thread, poller: select.poll, polled: set[int]) -> set[int]:
         """One turn: run what is due, or sleep until the next deadline or event and handle it."""
+        while self.later:
+            _call(self.later.pop(0))
         with self.lock:
             if self.thread is not me:
                 return polled
@@ -455,10 +587,14 @@ class Hub:
                         continue
                     del self.slots[slot]
                 due.append(fire)
-            fds = {self.wake_r} if self.inotify_fd is None else {self.wake_r, self.inotify_fd}
-            timeout = self.heap[0][0] - now if self.heap else math.inf
-            self.sleeping_until = -math.inf if due else now + timeout
-        if due:
+            wake_r = self.wake_r
+            assert wake_r is not None  # the thread runs only once started
+            fds = {wake_r} if self.inotify_fd is None else {wake_r, self.inotify_fd}
+            timeout = min(self.heap[0][0] - now, MAX_SLEEP) if self.heap else math.inf
+            busy = bool(due or self.later or self.deferred)
+            self.sleeping_until = -math.inf if busy else now + timeout
+        self._say()
+        if busy:
             for fire in due:
                 _call(fire)
             return polled
@@ -472,7 +608,7 @@ class Hub:
         for fd, _ in ready:
             if fd == self.inotify_fd:
                 self._on_inotify(fd)
-            elif fd == self.wake_r:
+            elif fd == wake_r:
                 _drain(fd)
         return fds
 
@@ -500,6 +636,22 @@ class Hub:
         for f in changed:
             _refresh(f)
 
+    def refresh_under(self, directory: str) -> None:
+        """Re-read now every registered file under ``directory`` that its users want watched but
+        no inotify watch covers: for the test kit, whose writes must be seen at once on a
+        platform (or in a process) without inotify, as inotify would make them seen."""
+        prefix = os.path.abspath(directory) + os.sep
+        if self.lock.held():
+            return
+        with self.lock:
+            files = [
+                f
+                for f in self.files.values()
+                if f.path.startswith(prefix) and f.watch_refs and not f.watching
+            ]
+        for f in files:
+            _refresh(f)
+
     # ------------------------------------------------------------------ fork ----------------
     def at_fork_in_child(self, hook: Callable[[], None]) -> None:
         """Run ``hook()`` in every forked child (for module-level locks and state)."""
@@ -512,9 +664,13 @@ class Hub:
         self.lock.release()
 
     def _after_fork_in_child(self) -> None:
+        """Cheap and local: no inotify instance, no pipe, no thread, no read here. A child that
+        never uses sa-token (a ``multiprocessing.Pool`` worker, the pre-exec child of a
+        ``subprocess`` with ``preexec_fn``) costs nothing; the first use (`ensure_running`, a new
+        registration) starts what the child needs and re-reads every file once."""
         tracked = list(self.tracked)
         # Registrations and deadlines carry over (seq too: it tells a slot's live entry apart).
-        kept = (self.files, self.dirs, self.heap, self.slots, self.replaced, self.seq)
+        kept = (self.files, self.dirs, self.heap, self.slots, self.replaced, self.seq, self._fork_hooks)
         for fd in (self.inotify_fd, self.wake_r, self.wake_w):  # ours are copies: close, never use
             if fd is not None:
                 try:
@@ -522,24 +678,15 @@ class Hub:
                 except OSError:
                     pass
         self._init()
-        self.files, self.dirs, self.heap, self.slots, self.replaced, self.seq = kept
-        files, dirs = self.files, self.dirs
+        self.files, self.dirs, self.heap, self.slots, self.replaced, self.seq, self._fork_hooks = kept
+        self.started = False
+        for dw in self.dirs.values():
+            dw.wd = None
         for obj in tracked:
             self.tracked.add(obj)
             _call(obj.after_fork_in_child)
         for hook in self._fork_hooks:
             _call(hook)
-        if not files:
-            return
-        with self.lock:
-            for dw in dirs.values():
-                dw.wd = None
-            if any(f.watch_refs for f in files.values()) and self._ensure_inotify():
-                for dw in dirs.values():
-                    self._arm(dw)
-            # Rotations may have happened while nobody watched: re-read everything once.
-            self._schedule(0.0, functools.partial(_refresh_all, list(files.values())))
-            self._ensure_thread()
 
 
 def _pipe() -> tuple[int, int]:

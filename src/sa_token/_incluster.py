@@ -15,7 +15,7 @@ from . import _fmt
 from ._ca import DEFAULT_CA_PATH, CABundle
 from ._flow import UNAUTHORIZED, BearerFlow, Held, Reply, bearer, read_nowait, scrubbed
 from ._read import describe, read_bounded
-from ._source import DEFAULT_TOKEN_PATH, TokenSource
+from ._source import DEFAULT_TOKEN_PATH, TokenSource, require_source
 from .errors import TokenFileError
 
 __all__ = [
@@ -104,6 +104,7 @@ def resolve(  # noqa: PLR0917 - internal, called the same way by three modules
     `NAMESPACE_NEXT_TO_TOKEN` looks for it beside the token first, then in the kube-api-access
     volume.
     """
+    source = require_source(source, "load_incluster_config(source=...)")
     env = os.environ if environ is None else environ
     reason = not_in_cluster_reason(env)
     if reason is not None:

@@ -38,6 +38,7 @@ from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
 
 from . import _fmt
 from ._hub import at_fork_in_child
+from ._locks import Notes, OwnedLock, say
 from ._token import Token
 from .errors import TokenError
 
@@ -161,8 +162,15 @@ class LeaseKeeper(Generic[C]):
         rng: the random source of the jitter (tests and simulations pass a seeded one).
         backoff_max: the cap of the retry delay, seconds.
         background: run the thread (`False`: the caller drives [`step`][sa_token._lease.LeaseKeeper.step]).
+        on_late: called (outside every lock) with a credential that a login in flight obtained
+            after [`close`][sa_token._lease.LeaseKeeper.close]: nobody holds it, revoke it.
 
     The constructor logs in (raising the exchange's error), so a misconfiguration fails there.
+
+    No log line, clock read or callback runs while `_work` (the single-flight lock, held across
+    a login or a renewal) or `_state` is held: lines are collected and said afterwards. A reader
+    re-entering the keeper from inside its own login (a logging handler of the HTTP library
+    asking for the token) is answered without waiting for the lock it holds.
     """
 
     def __init__(
@@ -176,6 +184,7 @@ class LeaseKeeper(Generic[C]):
         rng: Optional[random.Random] = None,
         backoff_max: float = BACKOFF_MAX,
         background: bool = True,
+        on_late: Optional[Callable[[C], None]] = None,
     ) -> None:
         self.source = source
         self.exchange = exchange
@@ -188,7 +197,16 @@ class LeaseKeeper(Generic[C]):
         self.renewals = 0
         self._generation = 0  # numbers the leases logins publish
         self._lease: Optional[Lease[C]] = None
-        self._work = threading.Lock()  # held by whoever renews or logs in; never by readers
+        self._work = OwnedLock()  # held by whoever renews or logs in; never by readers
+        self._state = threading.Lock()  # publishing a lease vs close(): held for a few lines
+        self._notes = Notes()  # what to log once `_work` is released (written under it)
+        self._on_late = on_late
+        self._background = background
+        # Threads to start at the next use: in a forked child (its first use starts them and
+        # logs in), or after a thread could not start (a pids limit): tried again at each use.
+        self._resume = False
+        self._late: list[C] = []  # credentials obtained after close(), for on_late
+        self._forked = False  # a forked child that has not used the keeper yet
         self._wake = threading.Event()
         self._failures = 0
         self._retry_at = -math.inf
@@ -201,18 +219,20 @@ class LeaseKeeper(Generic[C]):
         self._started = False  # until the first login succeeded: its failure is raised, not logged
         self._thread: Optional[threading.Thread] = None
         self._unsubscribe: Callable[[], None] = _nothing
+        now = self._now()
         with self._work:
-            self._login(self._now())
-            if self.peek() is None:
-                assert self._last_error is not None
-                raise copy.copy(self._last_error)
+            self._login(now)
+            err = copy.copy(self._last_error) if self.peek() is None else None
+            lines = self._notes.take()
+        say(lines)
+        if err is not None:
+            raise err
         self._started = True
         ref = weakref.ref(self)
         self._unsubscribe = source.subscribe(lambda tok: _on_rotation(ref, tok))
         with _KEEPERS_LOCK:
             _KEEPERS.add(self)
-        if background:
-            self._start()
+        self._start()
 
     def __repr__(self) -> str:
         lease = self._lease
@@ -225,6 +245,8 @@ class LeaseKeeper(Generic[C]):
     def current(self) -> Lease[C]:
         """The current lease if it is valid (no wait, no I/O); else log in now, one thread at a
         time, or raise the typed error while the backoff forbids another attempt."""
+        if self._resume:
+            self._start()
         lease = self._lease
         if lease is not None and self._now() < lease.expires_at:
             return lease
@@ -236,6 +258,8 @@ class LeaseKeeper(Generic[C]):
 
     def current_nowait(self) -> Optional[Lease[C]]:
         """The current lease if it is valid, else ``None`` (then call `current` in a thread)."""
+        if self._resume:
+            self._start()
         lease = self._lease
         return lease if lease is not None and self._now() < lease.expires_at else None
 
@@ -247,9 +271,18 @@ class LeaseKeeper(Generic[C]):
     def _obtain(self, stale: Optional[Lease[C]]) -> Lease[C]:
         if self._closed:
             raise RuntimeError(f"{self.name}: closed")
+        if self._work.held():  # re-entered from inside our own login: never wait for ourselves
+            lease = self._lease
+            if lease is not None and lease.valid(self._now()):
+                return lease
+            raise self.exchange.error(
+                f"{self.name}: no valid credential yet (asked from inside its own login)",
+                reason="login-in-progress",
+                transient=True,
+            )
+        now = self._now()
         with self._work:
             lease = self._lease
-            now = self._now()
             fresh = stale is None or (lease is not None and lease.generation != stale.generation)
             if lease is not None and lease.valid(now) and fresh:
                 return lease  # valid, or another thread logged in while we waited for the lock
@@ -259,10 +292,15 @@ class LeaseKeeper(Generic[C]):
             if now >= self._retry_at or self._last_error is None:
                 self._login(now)
             lease = self._lease
-            if lease is not None and lease.valid(self._now()):
-                return lease
-            assert self._last_error is not None
-            err = copy.copy(self._last_error)  # a fresh object: no traceback shared across threads
+            # a fresh copy: no traceback shared across threads
+            err = None if self._last_error is None else copy.copy(self._last_error)
+            lines = self._notes.take()
+        say(lines)
+        self._hand_over_late()
+        if lease is not None and lease.valid(self._now()):
+            return lease
+        if err is None:
+            err = self.exchange.error(f"{self.name}: no valid credential", reason="no-credential")
         raise err
 
     # ------------------------------------------------------------------ the work ---------
@@ -271,11 +309,14 @@ class LeaseKeeper(Generic[C]):
         The thread's loop; simulations call it directly with ``background=False``."""
         if self._closed:
             return math.inf
-        if self._now() >= self._due():
+        now = self._now()
+        if now >= self._due():
             with self._work:
-                now = self._now()
                 if now >= self._due():
                     self._act(now)
+                lines = self._notes.take()
+            say(lines)
+            self._hand_over_late()
         return max(0.0, self._due() - self._now())
 
     def _due(self) -> float:
@@ -338,12 +379,16 @@ class LeaseKeeper(Generic[C]):
         except ExchangeError as exc:
             self._failed(now, exc, "log in")
             return
+        if self._closed:  # closed while the login was in flight: nobody may keep this credential
+            self._late.append(grant.credential)
+            return
         self.logins += 1
         self._generation += 1
         new = self._publish(grant, now, tok, full_ttl=grant.ttl, generation=self._generation, capped=False)
         left = new.expires_at - now
-        log.info(
-            "sa-token: %s: logged in with the projected token %s (credential %r, valid for %s%s)",
+        self._notes.add(
+            logging.INFO,
+            "sa-token: %s: logged in with the projected token %s (%s, valid for %s%s)",
             self.name,
             _describe(tok),
             grant.credential,
@@ -359,7 +404,9 @@ class LeaseKeeper(Generic[C]):
                 self._failed(now, exc, "renew")
                 return
             why = exc.server_message or exc
-            log.info("sa-token: %s: renewal refused (%s); logging in again", self.name, why)
+            self._notes.add(
+                logging.INFO, "sa-token: %s: renewal refused (%s); logging in again", self.name, why
+            )
             self._lease = replace(lease, relogin=True)  # retries log in, never renew it again
             self._login(now)
             return
@@ -368,7 +415,8 @@ class LeaseKeeper(Generic[C]):
         new = self._publish(
             grant, now, lease.login_token, full_ttl=lease.full_ttl, generation=lease.generation, capped=capped
         )
-        log.debug(
+        self._notes.add(
+            logging.DEBUG,
             "sa-token: %s: renewed, valid for %s%s",
             self.name,
             _fmt.duration(new.expires_at - now),
@@ -391,13 +439,17 @@ class LeaseKeeper(Generic[C]):
             generation=generation,
         )
         new = self._scheduled(new, sent)
-        self._lease = new
+        with self._state:  # against close(): a lease published after it would never be revoked
+            if self._closed:
+                self._late.append(grant.credential)
+                return new
+            self._lease = new
         self._failures = 0
         self._retry_at = -math.inf
         self._last_error = None
         self._waiting = False
         if self._warned is not None:
-            log.info("sa-token: %s: recovered", self.name)
+            self._notes.add(logging.INFO, "sa-token: %s: recovered", self.name)
             self._warned = None
         return new
 
@@ -458,7 +510,7 @@ class LeaseKeeper(Generic[C]):
             if self._failures and math.isfinite(self._retry_at)
             else ""
         )
-        log.log(level, "sa-token: %s: %s; %s%s", self.name, what, keep, retry)
+        self._notes.add(level, "sa-token: %s: %s; %s%s", self.name, what, keep, retry)
 
     # ------------------------------------------------------------------ events -----------
     def rotated(self, tok: Token) -> None:
@@ -478,18 +530,45 @@ class LeaseKeeper(Generic[C]):
 
     # ------------------------------------------------------------------ lifecycle --------
     def _start(self) -> None:
+        """Start the thread (and, in a forked child, what its first use needs). A thread that
+        cannot start (a pids limit) is tried again at the next use, never given up on."""
+        self._resume = False
+        hook = getattr(self.exchange, "after_fork", None) if self._forked else None
+        self._forked = False
+        if hook is not None:
+            hook()
+        if not self._background or self._closed:
+            return
         ref = weakref.ref(self)
-        self._thread = threading.Thread(
-            target=_run, args=(ref, self._wake), name="sa-token-lease", daemon=True
-        )
-        self._thread.start()
+        thread = threading.Thread(target=_run, args=(ref, self._wake), name="sa-token-lease", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread"
+            self._resume = True
+            if self._warned != "thread":
+                self._warned = "thread"
+                log.warning("sa-token: %s: cannot start the renewal thread (%s); retried at the next use",
+                            self.name, _fmt.text(exc))
+            return
+        self._thread = thread
+
+    def _hand_over_late(self) -> None:
+        late, self._late = self._late, []
+        for credential in late:
+            if self._on_late is not None:
+                try:
+                    self._on_late(credential)
+                except Exception:
+                    log.exception("sa-token: %s: handling a late credential failed", self.name)
 
     def close(self) -> Optional[Lease[C]]:
         """Stop the thread and the subscription. Idempotent. Returns the lease this process
         obtained if it is still valid (for a revocation), else ``None``."""
-        if self._closed:
-            return None
-        self._closed = True
+        with self._state:
+            if self._closed:
+                return None
+            self._closed = True
+            lease, self._lease = self._lease, None
         self._unsubscribe()
         self._wake.set()
         thread = self._thread
@@ -497,8 +576,6 @@ class LeaseKeeper(Generic[C]):
             thread.join(timeout=5.0)
         with _KEEPERS_LOCK:
             _KEEPERS.discard(self)
-        lease = self._lease
-        self._lease = None
         if lease is not None and lease.owned and lease.valid(self._now()):
             return lease
         return None
@@ -508,9 +585,13 @@ class LeaseKeeper(Generic[C]):
         return self._closed
 
     def _after_fork(self) -> None:
-        """In a forked child: fresh locks and thread; the parent's credential is kept only as a
-        fallback while the child logs in for a credential of its own (see `_after_fork_in_child`)."""
-        self._work = threading.Lock()
+        """In a forked child: fresh locks; the parent's credential is kept only as a fallback
+        while the child logs in for a credential of its own (see `_after_fork_in_child`) at its
+        first use of the keeper: no thread and no login in a child that never uses it."""
+        self._work = OwnedLock()
+        self._state = threading.Lock()
+        self._notes = Notes()
+        self._late = []
         self._wake = threading.Event()
         lease = self._lease
         if lease is not None:
@@ -520,8 +601,9 @@ class LeaseKeeper(Generic[C]):
         self._rotation_at = math.inf
         self._waiting = False
         self.logins = self.renewals = 0
-        if self._thread is not None and not self._closed:
-            self._start()
+        self._thread = None
+        self._forked = True
+        self._resume = not self._closed
 
     # ------------------------------------------------------------------ internals --------
     def _now(self) -> float:
@@ -585,15 +667,14 @@ def _after_fork_in_child() -> None:
     that Vault refuses and so revokes the token) would cut off all the others, and every
     process would renew the same token. So each child keeps the parent's credential only as a
     fallback (readers use it at once, nothing waits), never renews or revokes it, and logs in for
-    its own at once from its own thread. Locks the parent's threads may have held are replaced.
+    its own from its own thread, started at the child's first use of the keeper: a child that
+    never uses it (a pool worker, the pre-exec child of ``subprocess(preexec_fn=...)``) makes no
+    login whose token nobody would revoke. Locks the parent's threads may have held are replaced.
     """
     global _KEEPERS_LOCK  # noqa: PLW0603
     _KEEPERS_LOCK = threading.Lock()
     for keeper in list(_KEEPERS):
         keeper._after_fork()
-        hook = getattr(keeper.exchange, "after_fork", None)
-        if hook is not None:
-            hook()
 
 
 # Part of the process's one at-fork handler: it runs after the hub has given every token file

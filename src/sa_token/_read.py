@@ -26,7 +26,10 @@ from . import _fmt
 from ._token import Token, parse_token
 from .errors import MalformedTokenError, TokenError, TokenFileError
 
-__all__ = ["MAX_TOKEN_BYTES", "TooLarge", "describe", "on_memory_fs", "read_bounded", "read_token_file"]
+__all__ = [
+    "MAX_TOKEN_BYTES", "Identity", "TooLarge", "describe", "identity", "on_memory_fs", "read_bounded",
+    "read_token_file",
+]
 
 # A bound ServiceAccount JWT is about 1 KiB; 64 KiB leaves room for any claim set a cluster adds
 # while refusing to load a file that is obviously not a token (a log, a core dump...).
@@ -50,6 +53,12 @@ def _libc() -> tuple[Optional[ctypes.CDLL], Optional[ctypes.PyDLL]]:
         keeping_gil.read.restype = ctypes.c_ssize_t
         keeping_gil.close.argtypes = [ctypes.c_int]
         keeping_gil.close.restype = ctypes.c_int
+        try:  # statx (glibc 2.28): its layout is the same on every architecture, unlike stat's
+            keeping_gil.statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
+                                          ctypes.c_void_p]
+            keeping_gil.statx.restype = ctypes.c_int
+        except AttributeError:  # pragma: no cover - an older libc: os.fstat instead
+            pass
     except (OSError, AttributeError):  # pragma: no cover - not a Linux/glibc-like libc
         return None, None
     return libc, keeping_gil
@@ -80,51 +89,118 @@ class TooLarge(OSError):
         self.limit = limit
 
 
-def read_bounded(path: str, limit: int, *, hold_gil: bool = False) -> bytes:
-    """The bytes of the file at ``path`` (symlinks followed), at most ``limit`` of them.
+def read_bounded(
+    path: str, limit: int, *, hold_gil: bool = False, seen: Optional[list[Identity]] = None
+) -> bytes:
+    """The bytes of the regular file at ``path`` (symlinks followed), at most ``limit`` of them.
 
-    Raises `OSError`: `IsADirectoryError` for a directory, `TooLarge` past ``limit``.
+    Raises `OSError`: `IsADirectoryError` for a directory, ``EINVAL`` for anything else that is
+    not a regular file (a FIFO, a device: never read), `TooLarge` past ``limit``.
     ``FileNotFoundError`` is retried: the kubelet removes the old generation right after the
     ``..data`` swap. ``hold_gil``: read without releasing the GIL (only for memory file systems).
+    ``seen``: the file's `identity` as read is appended to it.
     """
     read_once = _read_holding_gil if hold_gil and _LIBC_GIL is not None else _read_once
     for attempt in range(_READ_ATTEMPTS):
         try:
-            data = read_once(path, limit + 1)  # one byte more than allowed: to notice "too large"
+            data, ident = read_once(path, limit + 1)  # one byte more than allowed: to notice "too large"
         except FileNotFoundError:
             if attempt == _READ_ATTEMPTS - 1:
                 raise
             continue
+        if seen is not None:
+            seen.append(ident)
         if len(data) > limit:
             raise TooLarge(len(data), limit)
         return data
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _read_once(path: str, size: int) -> bytes:
-    # One read: a regular file returns everything up to `size` at once. A FIFO or device opened
-    # without blocking returns what it has (often nothing); the caller's checks refuse it.
+# statx(2): AT_EMPTY_PATH (the descriptor itself); STATX_TYPE|MODE|MTIME|INO|SIZE; and where
+# struct statx (the same on every architecture) holds stx_mode (u16), stx_ino, stx_size (u64)
+# and stx_mtime (i64 seconds, u32 nanoseconds).
+_AT_EMPTY_PATH, _STATX_MASK, _STATX_SIZE = 0x1000, 0x343, 256
+_STATX_MODE, _STATX_INO, _STATX_FILE_SIZE, _STATX_MTIME = 0x1C, 0x20, 0x28, 0x70
+
+Identity = tuple[int, int, int]  # (inode, size, mtime in ns): what a changed file changes
+
+
+def identity(path: str) -> Optional[Identity]:
+    """The identity of the file at ``path`` now (symlinks followed), ``None`` if it is gone:
+    one ``stat``, to tell whether the file changed since it was read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _not_regular(mode: int, path: str) -> Optional[OSError]:
+    """The error for a descriptor that is not a regular file (SECURITY.md: only regular files
+    are read; a FIFO that holds data must not be drained and served)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return IsADirectoryError(_errno.EISDIR, os.strerror(_errno.EISDIR), path)
+    return OSError(_errno.EINVAL, "not a regular file", path)
+
+
+def _read_once(path: str, size: int) -> tuple[bytes, Identity]:
+    # One read: a regular file returns everything up to `size` at once. The descriptor is
+    # checked first: a FIFO or a device is refused, not read.
     fd = os.open(path, _OPEN_FLAGS)
     try:
-        return os.read(fd, size)
+        st = os.fstat(fd)
+        problem = _not_regular(st.st_mode, path)
+        if problem is not None:
+            raise problem
+        return os.read(fd, size), (st.st_ino, st.st_size, st.st_mtime_ns)
     finally:
         os.close(fd)
 
 
-def _read_holding_gil(path: str, size: int) -> bytes:
+def _stat_holding_gil(libc: ctypes.PyDLL, fd: int) -> Optional[tuple[int, Identity]]:
+    """(mode, identity) of ``fd`` by statx, keeping the GIL; ``None`` without statx."""
+    statx = getattr(libc, "statx", None)
+    if statx is None:  # pragma: no cover - an older libc
+        return None
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    if statx(fd, b"", _AT_EMPTY_PATH, _STATX_MASK, buf) != 0:
+        return None
+    u64 = ctypes.c_uint64.from_buffer
+    mtime = ctypes.c_int64.from_buffer(buf, _STATX_MTIME).value * 1_000_000_000 + ctypes.c_uint32.from_buffer(
+        buf, _STATX_MTIME + 8
+    ).value
+    return ctypes.c_uint16.from_buffer(buf, _STATX_MODE).value, (
+        u64(buf, _STATX_INO).value,
+        u64(buf, _STATX_FILE_SIZE).value,
+        mtime,
+    )
+
+
+def _read_holding_gil(path: str, size: int) -> tuple[bytes, Identity]:
     libc = _LIBC_GIL
     assert libc is not None
     sys.audit("open", path, "r", _OPEN_FLAGS)  # as os.open does: audit hooks still see the read
     fd = libc.open(os.fsencode(path), _OPEN_FLAGS)
     if fd < 0:
         raise _errno_error(path)
+    found = _stat_holding_gil(libc, fd)
+    if found is None:  # pragma: no cover - an older libc
+        st = os.fstat(fd)
+        found = st.st_mode, (st.st_ino, st.st_size, st.st_mtime_ns)
+    mode, ident = found
+    problem = _not_regular(mode, path)
+    if problem is not None:
+        libc.close(fd)
+        raise problem
     buf = ctypes.create_string_buffer(size)
     n = libc.read(fd, buf, size)
     err = _errno_error(path) if n < 0 else None
     libc.close(fd)
     if err is not None:
         raise err
-    return buf.raw[:n]
+    return buf.raw[:n], ident
 
 
 def _errno_error(path: str) -> OSError:
@@ -132,7 +208,7 @@ def _errno_error(path: str) -> OSError:
     return OSError(code, os.strerror(code), path)  # OSError picks the subclass for the errno
 
 
-def read_token_file(path: str, *, hold_gil: bool = False) -> Token:
+def read_token_file(path: str, *, hold_gil: bool = False, seen: Optional[list[Identity]] = None) -> Token:
     """Read, strip and parse the token at ``path`` (symlinks followed).
 
     Raises `TokenFileError` (missing, unreadable, not a regular file, empty, too large) or
@@ -140,14 +216,14 @@ def read_token_file(path: str, *, hold_gil: bool = False) -> Token:
     traceback starts here: the frames that held the file's bytes are not kept on it.
     """
     try:
-        return _read_token(path, hold_gil)
+        return _read_token(path, hold_gil, seen)
     except TokenError as exc:
         raise exc.with_traceback(None) from None
 
 
-def _read_token(path: str, hold_gil: bool) -> Token:
+def _read_token(path: str, hold_gil: bool, seen: Optional[list[Identity]]) -> Token:
     try:
-        raw = read_bounded(path, MAX_TOKEN_BYTES, hold_gil=hold_gil)
+        raw = read_bounded(path, MAX_TOKEN_BYTES, hold_gil=hold_gil, seen=seen)
     except OSError as exc:
         raise describe(path, exc) from None
     text = raw.strip()

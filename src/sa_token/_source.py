@@ -26,11 +26,12 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, TypeVar, Union
 
 from . import _fmt
 from ._hub import HUB, HubFile, volume_root
-from ._read import on_memory_fs, read_token_file
+from ._locks import Notes
+from ._read import Identity, identity, on_memory_fs, read_token_file
 from ._subscribers import Subscribers
 from ._token import Token
 from ._validity import (
@@ -53,6 +54,7 @@ __all__ = [
     "TokenStatus",
     "live_readings",
     "live_sources",
+    "require_source",
 ]
 
 log = logging.getLogger("sa_token")
@@ -70,10 +72,8 @@ FAILED_READ_RETRY = 5.0
 REQUEST_GRACE = 1.0
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 Subscriber = Callable[[Token], None]
-# The wall clock. A module attribute, not `time.time` looked up each call: one lookup less on the
-# hot path; freezegun replaces such attributes (it scans the loaded modules) while time is frozen.
-_time = time.time
 
 
 @dataclass(frozen=True)
@@ -132,27 +132,51 @@ class _TokenFile(HubFile):
         self.sources: weakref.WeakSet[TokenSource] = weakref.WeakSet()
         # Every projected volume is tmpfs: there the watcher reads without releasing the GIL.
         self.hold_gil = on_memory_fs(path)
+        self.identity: Optional[Identity] = None  # the file as last read: (inode, size, mtime)
 
     def refresh(self, seen: Optional[int] = None) -> None:
         """Re-read and hand the result to each source. With ``seen``, skip if the file was read
-        since that generation (another thread did it: single flight)."""
+        since that generation (another thread did it: single flight).
+
+        The sources' clocks are read before the lock is taken and their log lines said after it
+        is released: no injected clock or logging handler runs under it. A thread that holds the
+        lock already (a finalizer the garbage collector ran inside a read) does not read again."""
+        if self.lock.held():
+            return
+        sources = list(self.sources)
+        nows = {src: src._now() for src in sources}
         rotated: list[tuple[TokenSource, Token]] = []
+        notes = Notes()
         with self.lock:
             if seen is not None and seen != self.generation:
                 return
-            result = _read(self.path, self.hold_gil)
+            found: list[Identity] = []
+            result = _read(self.path, self.hold_gil, found)
+            self.identity = found[-1] if found else None
             self.generation += 1
             for src in list(self.sources):
-                tok = src._accept(result, self.generation)
+                now = nows.get(src)
+                if now is None:  # registered after the clocks were read: it read the file itself
+                    continue
+                tok = src._accept(result, self.generation, now, notes)
                 if tok is not None:
                     rotated.append((src, tok))
+        notes.say()
         for src, tok in rotated:
             src._subscribers.notify(tok)
 
+    def changed(self) -> bool:
+        """Whether the file is not the one last read (one ``stat``; no lock, no read)."""
+        return identity(self.path) != self.identity
+
     def after_fork_in_child(self) -> None:
+        """At the fork: fresh locks, and every source's snapshot made due, so that the child's
+        first use re-reads the file (and starts the watcher: `Hub.ensure_running`)."""
         super().after_fork_in_child()
         for src in list(self.sources):
             src._subscribers.after_fork_in_child()
+            if not src._closed:
+                src._snap = dataclasses.replace(src._snap, refresh_at=-math.inf, serve_until=-math.inf)
 
 
 def _token_files() -> list[_TokenFile]:
@@ -207,9 +231,9 @@ def live_readings() -> list[SourceReading]:
     return out
 
 
-def _read(path: str, hold_gil: bool) -> Union[Token, TokenError]:
+def _read(path: str, hold_gil: bool, found: list[Identity]) -> Union[Token, TokenError]:
     try:
-        return read_token_file(path, hold_gil=hold_gil)
+        return read_token_file(path, hold_gil=hold_gil, seen=found)
     except TokenError as exc:
         return exc
     except Exception as exc:  # a bug: still a failed read, never a stuck source
@@ -292,20 +316,29 @@ class TokenSource:
         # raises an event. One registry operation; undone below if the read fails.
         tfile = HUB.acquire(self.path, lambda: _TokenFile(self.path), watch=self._watch)
         try:
+            if tfile.lock.held():
+                raise RuntimeError(
+                    f"sa-token: a TokenSource for {_fmt.path(self.path)} cannot be created while this "
+                    "thread is reading that file (from a finalizer the garbage collector ran there): "
+                    "create it outside __del__"
+                )
+            now = self._now()  # before the lock: an injected clock never runs under it
             with tfile.lock:
-                first = read_token_file(self.path, hold_gil=tfile.hold_gil)
+                found: list[Identity] = []
+                first = read_token_file(self.path, hold_gil=tfile.hold_gil, seen=found)
                 problem = binding_error(first, self._expect, self.path)
                 if problem is not None:
                     raise problem
+                tfile.identity = found[-1] if found else None
                 self._file = tfile
-                now = self._now()
                 self._snap = self._publish(first, now, tfile.generation, 1, 0)
                 tfile.sources.add(self)
         except BaseException:
             HUB.release(tfile, watch=self._watch)
             raise
-        # A source dropped without close() releases its registration from the hub's thread.
-        self._finalizer = weakref.finalize(self, HUB.release_later, tfile, self._watch)
+        # A source dropped without close() releases its registration, and its deadline, from the
+        # hub's thread.
+        self._finalizer = weakref.finalize(self, HUB.release_later, tfile, self._watch, self._deadline)
         self._finalizer.atexit = False
         problem = time_error(first, now, self.leeway, self.path)
         if problem is not None:
@@ -328,7 +361,9 @@ class TokenSource:
         known to be unusable, and `RuntimeError` once the source is closed.
         """
         snap = self._snap
-        now = _time() if self._clock is None else self._clock()
+        # time.time looked up at each call, as documented: monkeypatch.setattr(time, "time", ...)
+        # and freezegun both reach it (bench/: the lookup costs a few ns).
+        now = time.time() if self._clock is None else self._clock()
         if snap.serve_from <= now < snap.serve_until:
             return snap.value
         return self._checked(now).value
@@ -372,7 +407,7 @@ class TokenSource:
         """Re-read the file now. If that read fails, raise its error (the source keeps serving
         the last good token); otherwise return the current token, checked like `token`."""
         self._ensure_open()
-        self._file.refresh()
+        self._file.refresh()  # skipped by a thread inside a read of this file already (a finalizer)
         err = self._snap.error
         if err is not None:
             raise _copy_error(err)
@@ -387,10 +422,16 @@ class TokenSource:
         token is kept as a fallback in case the re-read fails.
         """
         cutoff = math.inf if older_than is None else _timestamp(older_than)
+        if self._file.lock.held():  # from a finalizer inside a read of this file: the read publishes next
+            self._invalidate(cutoff)
+            return
         with self._file.lock:
-            snap = self._snap
-            if snap.read_at < cutoff and not self._closed:
-                self._snap = dataclasses.replace(snap, refresh_at=-math.inf, serve_until=-math.inf)
+            self._invalidate(cutoff)
+
+    def _invalidate(self, cutoff: float) -> None:
+        snap = self._snap
+        if snap.read_at < cutoff and not self._closed:
+            self._snap = dataclasses.replace(snap, refresh_at=-math.inf, serve_until=-math.inf)
 
     @property
     def read_at(self) -> float:
@@ -435,16 +476,26 @@ class TokenSource:
 
     def close(self) -> None:
         """Stop watching and re-reading. Idempotent. The last token stays readable through
-        `current` (while it is valid); `token` and `reload` raise `RuntimeError`."""
+        `current` (while it is valid); `token` and `reload` raise `RuntimeError`.
+
+        Safe from a finalizer (``__del__``): when the garbage collector runs it inside sa-token's
+        own locked work on this thread, the source is closed at once and its registration is
+        released by the watcher thread, instead of this thread waiting for itself."""
+        if self._file.lock.held() or HUB.lock.held():
+            if not self._closed:
+                self._closed = True
+                self._snap = dataclasses.replace(self._snap, serve_until=-math.inf, refresh_at=math.inf)
+                HUB.defer(self._finish_close)
+            return
+        self._finish_close()
+
+    def _finish_close(self) -> None:
         with self._file.lock:
-            if self._closed:
-                return
             self._closed = True
             self._snap = dataclasses.replace(self._snap, serve_until=-math.inf, refresh_at=math.inf)
             self._file.sources.discard(self)
-        self._finalizer.detach()
-        HUB.cancel(self._deadline)
-        HUB.release(self._file, watch=self._watch)
+        if self._finalizer.detach() is not None:  # once: a second close() finds it detached
+            HUB.release(self._file, watch=self._watch, slot=self._deadline)
 
     @property
     def closed(self) -> bool:
@@ -469,7 +520,7 @@ class TokenSource:
     # ------------------------------------------------------------------ internals --------
     def _now(self) -> float:
         clock = self._clock
-        return _time() if clock is None else clock()
+        return time.time() if clock is None else clock()
 
     def _ensure_open(self) -> None:
         if self._closed:
@@ -485,6 +536,14 @@ class TokenSource:
             snap = self._snap
             now = self._now()
         problem = time_error(snap.token, now, self.leeway, self.path)
+        if problem is not None and snap.refresh_at > now and self._file.changed():
+            # No valid token to hand out, and the file is not the one last read (one stat): the
+            # kubelet may have rotated it since (watch=False, a missed event). Read it before
+            # raising; a file that keeps failing is still read at most once per retry delay.
+            self._file.refresh(seen=snap.generation)
+            snap = self._snap
+            now = self._now()
+            problem = time_error(snap.token, now, self.leeway, self.path)
         if problem is not None:
             err = snap.error
             if err is not None and not isinstance(err, TokenValidationError):
@@ -492,11 +551,13 @@ class TokenSource:
             raise problem
         return snap.token
 
-    def _accept(self, result: Union[Token, TokenError], generation: int) -> Optional[Token]:
-        """Apply a read's result (under the file's lock). Returns the new token on a rotation."""
+    def _accept(
+        self, result: Union[Token, TokenError], generation: int, now: float, notes: Notes
+    ) -> Optional[Token]:
+        """Apply a read's result (under the file's lock; ``now`` was read before it, and what
+        to log goes to ``notes``). Returns the new token on a rotation."""
         if self._closed:
             return None
-        now = self._now()
         snap = self._snap
         if isinstance(result, Token):
             problem = binding_error(result, self._expect, self.path)
@@ -509,11 +570,11 @@ class TokenSource:
                 self._warned.clear()
                 self._snap = self._publish(result, now, generation, snap.reads + 1, snap.failures)
                 if result.value == snap.value:
-                    self._warn_if_stale(result, now)
+                    self._warn_if_stale(result, now, notes)
                     return None
                 return result
             result = problem
-        self._warn_failure(result, snap.token, now)
+        self._warn_failure(result, snap.token, now, notes)
         retry = now + FAILED_READ_RETRY
         # Retry soon after a failure; keep an earlier re-read that was already planned.
         refresh_at = snap.refresh_at if now < snap.refresh_at < retry else retry
@@ -557,7 +618,7 @@ class TokenSource:
         """Have the watcher thread re-read at ``refresh_at`` (replacing the planned re-read)."""
         HUB.schedule(refresh_at - now, self._deadline, slot=self._deadline)
 
-    def _warn_failure(self, err: TokenError, current: Token, now: float) -> None:
+    def _warn_failure(self, err: TokenError, current: Token, now: float, notes: Notes) -> None:
         # One warning per cause: the reason code, not the message (messages hold relative times).
         if err.reason in self._warned:
             return
@@ -566,22 +627,40 @@ class TokenSource:
         keep = "keeping the current token" + (
             f" (valid for another {_fmt.duration(left)})" if math.isfinite(left) and left > 0 else ""
         )
-        log.warning("sa-token: re-read failed: %s; %s", err, keep)
+        notes.add(logging.WARNING, "sa-token: re-read failed: %s; %s", err, keep)
 
-    def _warn_if_stale(self, tok: Token, now: float) -> None:
+    def _warn_if_stale(self, tok: Token, now: float, notes: Notes) -> None:
         late = stale_for(tok, now)
         fingerprint = hash(tok.value)
         if late is None or self._stale_warned == fingerprint:
             return
         self._stale_warned = fingerprint
         exp = tok._exp_ts
-        log.warning(
+        notes.add(
+            logging.WARNING,
             "sa-token: token at %s passed its rotation point (%s) and was not rotated: the kubelet is "
             "not rotating it (see kubernetes issue 138689); it expires at %s",
             _fmt.path(self.path),
             _fmt.iso(tok._rotation_ts),
             _fmt.iso(exp) if math.isfinite(exp) else "never",
         )
+
+
+def require_source(source: T, what: str) -> T:
+    """``source``, refused at once with a `TypeError` when it is a path (or a token) where a
+    `TokenSource` belongs: the one rule of every integration (``what`` names the call). Any other
+    object passes: integrations duck-type their source."""
+    if isinstance(source, (str, bytes, os.PathLike)):
+        given = os.fsdecode(source) if isinstance(source, (bytes, os.PathLike)) else source
+        if _fmt.looks_like_jwt(given) or _fmt.looks_like_jwt(given.strip()):
+            raise TypeError(
+                f"{what} takes a TokenSource, not a token: pass TokenSource(<the token file's path>)"
+            )
+        raise TypeError(
+            f"{what} takes a TokenSource, not a path: pass TokenSource({_fmt.path(given)!r}) "
+            "(with audience= the token must carry)"
+        )
+    return source
 
 
 class _Deadline:

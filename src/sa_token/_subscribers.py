@@ -5,7 +5,9 @@ may delay the watcher thread (which picks up rotations for every source in the p
 another source's callbacks. So each `Subscribers` delivers from a thread of its own, started
 when there is something to deliver and gone when there is not; values are delivered in the
 order they came, and whatever a callback raises (`SystemExit` included) is logged and
-contained.
+contained. A thread that cannot start (a pids limit) is retried with backoff, from the watcher
+thread: delivery resumes once one can; nothing is remembered for good. Unsubscribing from a
+finalizer that runs inside our own locked section never waits for that lock.
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ import logging
 import threading
 from typing import Callable, Generic, Optional, TypeVar
 
+from ._locks import OwnedLock
+
 __all__ = ["Subscribers"]
 
 log = logging.getLogger("sa_token")
 
 T = TypeVar("T")
+
+# A delivery thread that could not start is tried again after this long, doubling up to the cap:
+# a pids limit is usually momentary (a burst of threads elsewhere in the container).
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
 
 
 class Subscribers(Generic[T]):
@@ -27,10 +36,12 @@ class Subscribers(Generic[T]):
 
     def __init__(self, owner: str) -> None:
         self._owner = owner  # for log lines: the file the values come from
-        self._lock = threading.Lock()
+        self._lock = OwnedLock()
         self._callbacks: tuple[Callable[[T], None], ...] = ()
         self._pending: collections.deque[T] = collections.deque()
         self._worker: Optional[threading.Thread] = None
+        self._retry = RETRY_FIRST  # the next delay after a failed thread start
+        self._retrying = False  # a retry is scheduled
 
     def add(self, callback: Callable[[T], None]) -> Callable[[], None]:
         """Subscribe; returns a function that unsubscribes (idempotent)."""
@@ -38,6 +49,9 @@ class Subscribers(Generic[T]):
             self._callbacks = (*self._callbacks, callback)
 
         def unsubscribe() -> None:
+            if self._lock.held():  # a finalizer inside our own section: the list is copy-on-write
+                self._callbacks = tuple(c for c in self._callbacks if c is not callback)
+                return
             with self._lock:
                 callbacks = list(self._callbacks)
                 if callback in callbacks:
@@ -47,19 +61,52 @@ class Subscribers(Generic[T]):
         return unsubscribe
 
     def notify(self, value: T) -> None:
-        """Queue ``value`` for the callbacks (returns at once)."""
+        """Queue ``value`` for the callbacks (returns at once; never raises)."""
         if not self._callbacks:
+            return
+        if self._lock.held():  # a finalizer inside our own section: the deque is thread-safe
+            self._pending.append(value)
             return
         with self._lock:
             self._pending.append(value)
-            self._start()
+            failed = self._start()
+        if failed is not None:
+            self._failed(failed)
 
-    def _start(self) -> None:  # under the lock
-        if self._worker is None:
-            self._worker = threading.Thread(
-                target=self._deliver, name=f"sa-token-subscribers {self._owner}", daemon=True
+    def _start(self) -> Optional[RuntimeError]:  # under the lock
+        if self._worker is not None or self._retrying:
+            return None
+        name = f"sa-token-subscribers {self._owner}"
+        worker = threading.Thread(target=self._deliver, name=name, daemon=True)
+        try:
+            worker.start()
+        except RuntimeError as exc:  # "can't start new thread": a pids or RLIMIT_NPROC limit
+            self._retrying = True
+            return exc
+        self._worker = worker
+        self._retry = RETRY_FIRST
+        return None
+
+    def _failed(self, exc: RuntimeError) -> None:
+        """Outside the lock: say so (once per outage) and try again later from the watcher."""
+        from ._hub import HUB  # here: the hub sits above this module
+
+        delay, self._retry = self._retry, min(self._retry * 2, RETRY_MAX)
+        if delay == RETRY_FIRST:
+            log.warning(
+                "sa-token: cannot start the thread that calls the subscribers of %s (%s); retrying "
+                "(with backoff): the values wait, in order",
+                self._owner,
+                exc,
             )
-            self._worker.start()
+        HUB.schedule(delay, self._resume)
+
+    def _resume(self) -> None:
+        with self._lock:
+            self._retrying = False
+            failed = self._start() if self._pending else None
+        if failed is not None:
+            self._failed(failed)
 
     def _deliver(self) -> None:
         while True:
@@ -76,8 +123,8 @@ class Subscribers(Generic[T]):
                     log.exception("sa-token: subscriber %r of %s raised", callback, self._owner)
 
     def after_fork_in_child(self) -> None:
-        """The delivering thread is gone and the lock may have been held by it."""
-        self._lock = threading.Lock()
+        """The delivering thread is gone and the lock may have been held by it. Values still
+        pending are delivered by the next notification's thread (none is started at the fork)."""
+        self._lock = OwnedLock()
         self._worker = None
-        if self._pending:
-            self._start()
+        self._retrying = False

@@ -32,9 +32,13 @@ ROTATION_FRACTION = 0.8
 MAX_ROTATION_AGE = 24 * 3600.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Token:
     """A parsed ServiceAccount token. Immutable; ``repr``/``str`` never show ``value``.
+
+    A value: two tokens are equal when their JWTs are, and a token can be hashed (a set
+    member, a dict key), copied and pickled (``copy.deepcopy`` and pickling give an equal
+    token; neither shows the value).
 
     Times are aware UTC datetimes, or ``None`` when the claim is absent (legacy Secret-based
     tokens have no ``exp``: they never expire, ``expires_at`` is ``None``). The times every
@@ -161,6 +165,23 @@ class Token:
         exp = self.claims.get("exp")
         return math.inf if exp is None else float(exp)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Token):
+            return NotImplemented
+        return self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __copy__(self) -> Token:
+        return self  # immutable
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Token:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:  # the claims are read-only mappings: pickle them as dicts
+        return (_rebuild_token, (self.value, dict(self.claims), dict(self.header)))
+
     def __str__(self) -> str:
         return repr(self)
 
@@ -173,6 +194,10 @@ class Token:
 
 def _now() -> float:
     return time.time()
+
+
+def _rebuild_token(value: str, claims: dict[str, Any], header: dict[str, Any]) -> Token:
+    return Token(value=value, claims=MappingProxyType(claims), header=MappingProxyType(header))
 
 
 # JSON integers are unbounded; a timestamp beyond this (year ~292 billion) is no timestamp, and

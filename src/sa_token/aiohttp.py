@@ -67,7 +67,8 @@ class TokenMiddleware:
     """
 
     def __init__(self, source: TokenSource, *, hosts: Union[str, Iterable[str], None] = None) -> None:
-        self.flow = BearerFlow(source, hosts=hosts, client="aiohttp")
+        what = "sa_token.aiohttp.TokenMiddleware()"
+        self.flow = BearerFlow(source, hosts=hosts, client="aiohttp", what=what)
         self._origin: Optional[tuple[str, Optional[str], Optional[int]]] = None
         self._lock = threading.Lock()
 

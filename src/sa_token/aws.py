@@ -183,7 +183,9 @@ def boto3_session(
 ) -> boto3.Session:
     """A `boto3.Session` whose credentials come from `AssumeRoleWithWebIdentity` with the
     tokens of `source`; arguments as for [`install`][sa_token.aws.install]. `region_name` is
-    also the session's region (default `AWS_REGION`/`AWS_DEFAULT_REGION`, as boto3's)."""
+    also the session's region (default `AWS_REGION`, then `AWS_DEFAULT_REGION`, read now: what
+    the EKS Pod Identity webhook sets and the AWS SDKs read; boto3 alone reads only the second)."""
+    region_name = region_name or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
     core = botocore.session.Session()
     install(
         core,

@@ -8,11 +8,15 @@ TokenError                          base of everything below
 ├── TokenFileError                  (also an OSError) missing, unreadable, empty, oversized
 ├── MalformedTokenError             (also a ValueError) not a JWT, bad base64 or JSON,
 │                                   claims of the wrong type
-└── TokenValidationError            the token parsed but must not be used
-    ├── TokenExpiredError           ``exp`` has passed
-    ├── TokenNotYetValidError       ``nbf``/``iat`` lies in the future beyond the leeway
-    ├── AudienceMismatchError       ``aud`` does not contain the expected audience
-    └── IssuerMismatchError         ``iss`` is not the expected issuer
+├── TokenValidationError            the token parsed but must not be used
+│   ├── TokenExpiredError           ``exp`` has passed
+│   ├── TokenNotYetValidError       ``nbf``/``iat`` lies in the future beyond the leeway
+│   ├── AudienceMismatchError       ``aud`` does not contain the expected audience
+│   └── IssuerMismatchError         ``iss`` is not the expected issuer
+├── ConfigurationError              (also a ValueError) a required setting is neither passed
+│                                   nor in its environment variable
+└── ThreadStartError                (also a RuntimeError) a thread sa-token needs cannot start
+                                    (a pids or RLIMIT_NPROC limit); tried again at the next use
 ```
 
 ``TokenFileError`` subclasses ``OSError`` and ``MalformedTokenError`` subclasses ``ValueError``
@@ -30,6 +34,7 @@ from typing import Any, Optional
 
 __all__ = [
     "AudienceMismatchError",
+    "ConfigurationError",
     "IssuerMismatchError",
     "MalformedTokenError",
     "TokenError",
@@ -37,6 +42,7 @@ __all__ = [
     "TokenFileError",
     "TokenNotYetValidError",
     "TokenValidationError",
+    "ThreadStartError",
 ]
 
 
@@ -150,6 +156,21 @@ class IssuerMismatchError(TokenValidationError):
     """The token's ``iss`` claim is not the expected issuer."""
 
     reason = "issuer-mismatch"
+
+
+class ConfigurationError(TokenError, ValueError):
+    """A required setting is neither passed nor in the environment; the message names the
+    variable. Also a ``ValueError``."""
+
+    reason = "not-configured"
+
+
+class ThreadStartError(TokenError, RuntimeError):
+    """A thread sa-token needs (the watcher) cannot be started: the container's pids limit or
+    the user's process limit (``ulimit -u``) is reached. Also a ``RuntimeError`` (what
+    ``threading`` raises). Nothing is left registered; the next use tries again."""
+
+    reason = "thread-unavailable"
 
 
 def _rebuild(cls: type[TokenError], message: str, path: Optional[str], extra: dict[str, Any]) -> TokenError:

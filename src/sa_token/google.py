@@ -34,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from . import _fmt
 from ._cloud import ConfigurationError, ExchangeError, platform_source, scrub, setting
 from ._observe import track_credential
-from ._source import TokenSource
+from ._source import TokenSource, require_source
 
 __all__ = ["ConfigurationError", "Credentials", "ExchangeError", "STSError", "SubjectTokenSupplier"]
 
@@ -70,10 +70,12 @@ class SubjectTokenSupplier(identity_pool.SubjectTokenSupplier):
 
     Args:
         source: the token source; `None` opens the configuration's `credential_source.file`.
-        audience: the audience the token must carry; default `https:` + the configuration's `audience`.
+        audience: the audience the token must carry; default: the one audience `source` is bound
+            to, else `https:` + the configuration's `audience`.
         config: the credential configuration (JSON, `type: external_account`); default
-            `GOOGLE_APPLICATION_CREDENTIALS`, read now. Only needed when `source` or `audience`
-            is missing, or for [`credentials`][sa_token.google.SubjectTokenSupplier.credentials].
+            `GOOGLE_APPLICATION_CREDENTIALS`, read now. Only needed without a `source`, for a
+            source bound to no or several audiences without `audience`, or for
+            [`credentials`][sa_token.google.SubjectTokenSupplier.credentials].
 
     Raises:
         ConfigurationError: no or an unusable configuration (the message names it).
@@ -87,8 +89,12 @@ class SubjectTokenSupplier(identity_pool.SubjectTokenSupplier):
         audience: Optional[str] = None,
         config: Optional[str] = None,
     ) -> None:
+        source = require_source(source, "sa_token.google.SubjectTokenSupplier()")
         self._config = config
         self._info: Optional[dict[str, Any]] = None
+        bound = getattr(source, "audiences", None)
+        if audience is None and bound is not None and len(bound) == 1:
+            audience = bound[0]  # a source bound to one audience: that is the provider's audience
         if source is None or audience is None:
             self._config, self._info = _load(config)
         info = self._info or {}

@@ -38,6 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("sa_token.grpc needs the grpcio package: pip install 'sa-token[grpc]'") from exc
 
 from ._flow import BearerFlow, Exchange, Reply, bearer, host_allowed, read_nowait
+from ._source import require_source
 from .errors import TokenError
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def call_credentials(
         hosts: send it only to these hosts (matched against the call's ``service_url``, an
             ``https://host:port/Service`` URL); default: every channel they are used on.
     """
-    plugin = _Plugin(BearerFlow(source, hosts=hosts, client="grpc"))
+    plugin = _Plugin(BearerFlow(source, hosts=hosts, client="grpc", what="sa_token.grpc.call_credentials()"))
     return grpc.metadata_call_credentials(plugin, name="sa-token")
 
 
@@ -102,6 +103,7 @@ def channel_credentials(
 ) -> grpc.ChannelCredentials:
     """TLS channel credentials (``grpc.ssl_channel_credentials`` with these arguments, or
     ``base``) composed with [`call_credentials`][sa_token.grpc.call_credentials]."""
+    require_source(source, "sa_token.grpc.channel_credentials()")
     if base is None:
         base = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
     return grpc.composite_channel_credentials(base, call_credentials(source, hosts=hosts))
@@ -114,7 +116,7 @@ def _exchange(flow: BearerFlow, details: Any) -> Optional[Exchange]:
 
 class _Interceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     def __init__(self, source: TokenSource) -> None:
-        self.flow = BearerFlow(source, client="grpc")
+        self.flow = BearerFlow(source, client="grpc", what="sa_token.grpc.intercept_channel()")
 
     def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         exchange = _exchange(self.flow, details)
@@ -132,7 +134,7 @@ class _Interceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 
 class _AioInterceptor(grpc_aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     def __init__(self, source: TokenSource) -> None:
-        self.flow = BearerFlow(source, client="grpc")
+        self.flow = BearerFlow(source, client="grpc", what="sa_token.grpc.aio_interceptor()")
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: Any, request: Any
@@ -155,6 +157,7 @@ def intercept_channel(channel: grpc.Channel, source: TokenSource) -> grpc.Channe
     source re-read the file and is sent once more, if the token changed. A call that carries
     its own ``authorization`` metadata is left alone. The interceptor waits for the call's
     status, so ``.future()`` calls complete before they return."""
+    require_source(source, "sa_token.grpc.intercept_channel()")
     if isinstance(channel, grpc_aio.Channel):
         raise TypeError(
             "grpc.aio channels take interceptors when they are made: "

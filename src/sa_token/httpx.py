@@ -57,7 +57,7 @@ class TokenAuth(httpx.Auth):
     """
 
     def __init__(self, source: TokenSource, *, hosts: Union[str, Iterable[str], None] = None) -> None:
-        self.flow = BearerFlow(source, hosts=hosts, client="httpx")
+        self.flow = BearerFlow(source, hosts=hosts, client="httpx", what="sa_token.httpx.TokenAuth()")
 
     @property
     def source(self) -> TokenSource:

@@ -48,7 +48,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._ca import CABundle
 from ._incluster import DEFAULT_CA_PATH, DEFAULT_TOKEN_PATH, NAMESPACE_NEXT_TO_TOKEN, InCluster, resolve
-from ._source import TokenSource
+from ._source import TokenSource, require_source
 from ._token import Token
 from .errors import TokenError
 
@@ -196,6 +196,7 @@ def login_handler(
     The files are first read at the first login (in a worker thread); outside a pod that login
     raises [`NotInClusterError`][sa_token.kopf.NotInClusterError].
     """
+    require_source(source, "sa_token.kopf.login_handler(source=...)")
     state = LoginHandler(source=source, ca=ca, token_path=token_path, ca_path=ca_path,
                          namespace_path=namespace_path, environ=environ)
 

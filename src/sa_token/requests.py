@@ -56,7 +56,7 @@ class TokenAuth(AuthBase):
     """
 
     def __init__(self, source: TokenSource, *, hosts: Union[str, Iterable[str], None] = None) -> None:
-        self.flow = BearerFlow(source, hosts=hosts, client="requests")
+        self.flow = BearerFlow(source, hosts=hosts, client="requests", what="sa_token.requests.TokenAuth()")
 
     @property
     def source(self) -> TokenSource:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,8 +32,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from . import _fmt
 from ._lease import ExchangeError, Grant, Lease, LeaseKeeper
 from ._observe import count_auth_retry, track_credential
-from ._source import TokenSource
+from ._source import TokenSource, require_source
 from ._token import Token
+from .errors import ConfigurationError
 
 __all__ = ["VaultAuth", "VaultLease", "VaultLoginError"]
 
@@ -43,6 +45,9 @@ FORBIDDEN = 403
 # Answers after which the same call may succeed later: too many requests, a proxy without a
 # backend, sealed or standby. (OpenBao answers 500 "past the max TTL" to a renewal it refuses.)
 RETRY_LATER = frozenset({429, 502, 503, 504})
+# Vault's error text is shown up to this length (with its JWT-shaped runs replaced): enough for
+# any of Vault's messages, short of flooding a log line with a proxy's HTML page.
+MAX_SHOWN_ERROR = 600
 # Seconds to wait for Vault: hvac's own default.
 DEFAULT_TIMEOUT = 30
 # Retries while Vault is unreachable wait at most this long: Vault Agent's cap, 5 minutes.
@@ -94,6 +99,10 @@ class _Issued:
     accessor: str
     policies: tuple[str, ...]
     token_type: str
+
+    def __str__(self) -> str:  # for log lines: in words, never the token
+        policies = ", ".join(_fmt.text(p) for p in self.policies) or "none"
+        return f"a Vault {self.token_type} token, accessor {_fmt.text(self.accessor)}, policies {policies}"
 
 
 class _Vault:
@@ -147,8 +156,11 @@ class _Vault:
         try:
             errors = resp.json().get("errors") or []
         except ValueError:
-            errors = [resp.text[:300]]
-        said = _fmt.text(" ".join(" ".join(str(e).split()) for e in errors)) or resp.reason
+            errors = [resp.text]
+        # Through the one formatter: a Vault (or a proxy) that echoes the login request must not
+        # put the projected token into the message, the repr or server_message.
+        said = _fmt.text(" ".join(" ".join(str(e).split()) for e in errors), limit=MAX_SHOWN_ERROR)
+        said = said or _fmt.text(resp.reason)
         busy = resp.status_code in RETRY_LATER or (tok is not None and resp.status_code >= 500)
         hint = "; " + self._hint(said, tok) if tok else ""
         raise VaultLoginError(f"Vault {self.url} refused to {what} (HTTP {resp.status_code}): {said}{hint}",
@@ -174,27 +186,37 @@ class VaultAuth:
 
     Args:
         source: the projected token, for an audience the Vault role accepts.
-        url: Vault's address.
+        url: Vault's address; default `VAULT_ADDR` (read now, as hvac reads it).
         role: the Vault role to log in as.
         method: `"kubernetes"` (Vault asks the API server with a TokenReview) or `"jwt"` (the
             JWT/OIDC method: offline signature checks).
         mount_point: where the auth method is mounted (default: the method's name).
-        verify: a CA bundle path, or `False`, as hvac takes it.
-        namespace: a Vault namespace.
+        verify: a CA bundle path, or `False`, as hvac takes it; default `VAULT_CACERT` (or
+            `VAULT_CAPATH`), read now, else the system CAs (hvac's convention).
+        namespace: a Vault namespace; default `VAULT_NAMESPACE` (read now).
         timeout: seconds to wait for Vault.
         revoke_on_close: [`close`][sa_token.vault.VaultAuth.close] also revokes the token.
         max_backoff: the longest wait, in seconds, between retries while Vault is unreachable.
 
     Raises:
         VaultLoginError: the first login failed (the constructor logs in).
+        ConfigurationError: no `url` and no `VAULT_ADDR`.
     """
 
-    def __init__(self, source: TokenSource, *, url: str, role: str, method: str = "kubernetes",
-                 mount_point: Optional[str] = None, verify: Union[bool, str] = True,
-                 namespace: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT,
-                 revoke_on_close: bool = False, max_backoff: float = DEFAULT_MAX_BACKOFF) -> None:
+    def __init__(self, source: TokenSource, *, url: Optional[str] = None, role: str,
+                 method: str = "kubernetes", mount_point: Optional[str] = None,
+                 verify: Union[bool, str, None] = None, namespace: Optional[str] = None,
+                 timeout: float = DEFAULT_TIMEOUT, revoke_on_close: bool = False,
+                 max_backoff: float = DEFAULT_MAX_BACKOFF) -> None:
+        source = require_source(source, "sa_token.vault.VaultAuth()")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+        url = url or os.environ.get("VAULT_ADDR")
+        if not url:
+            raise ConfigurationError("Vault: its address: pass url=, or set VAULT_ADDR (it is not set)")
+        if verify is None:  # hvac's order: VAULT_CACERT over VAULT_CAPATH, else verify
+            verify = os.environ.get("VAULT_CACERT") or os.environ.get("VAULT_CAPATH") or True
+        namespace = namespace or os.environ.get("VAULT_NAMESPACE") or None
         self.source, self.url, self.role, self.method = source, url.rstrip("/"), role, method
         self.mount_point = (mount_point or method).strip("/")
         self.revoke_on_close = revoke_on_close
@@ -205,7 +227,8 @@ class VaultAuth:
         # OpenBao's Kubernetes method reviews the login-time projected token at every renewal.
         self._keeper: LeaseKeeper[_Issued] = LeaseKeeper(
             source, self._vault, name=f"Vault {self.url} role {role!r} (auth/{self.mount_point})",
-            renewal_needs_login_token=method == "kubernetes", backoff_max=max_backoff)
+            renewal_needs_login_token=method == "kubernetes", backoff_max=max_backoff,
+            on_late=self._late_login)
         track_credential(self)
 
     def client(self) -> hvac.Client:
@@ -250,6 +273,17 @@ class VaultAuth:
             except VaultLoginError as exc:
                 log.warning("sa-token: could not revoke Vault token %s: %s", lease.credential.accessor, exc)
         self._vault.after_fork()  # closes the connections
+
+    def _late_login(self, cred: _Issued) -> None:
+        """A login in flight when `close` ran finished after it: nobody holds that token.
+        With `revoke_on_close` it is revoked, as the one `close` returned would have been;
+        otherwise it is dropped (it expires on its own)."""
+        if not self.revoke_on_close:
+            return
+        try:
+            self._vault.revoke(cred)
+        except VaultLoginError as exc:
+            log.warning("sa-token: could not revoke Vault token %s: %s", _fmt.text(cred.accessor), exc)
 
     def __enter__(self) -> VaultAuth:
         return self

@@ -111,7 +111,11 @@ def evaluate(
         )
     elif remaining < min_remaining:
         state = "expiring"
-        text = f"token at {shown} {until}: less than --min-remaining {_fmt.duration(min_remaining)}"
+        # To the second, never rounded up: 595 s left is "9m55s", not "10m" (less than "10m").
+        text = (
+            f"token at {shown} expires in {_fmt.exact_duration(remaining)} ({_fmt.iso(exp)}): less than "
+            f"--min-remaining {_fmt.exact_duration(min_remaining)}"
+        )
     else:
         state, text = "valid", f"token at {shown} {until}"
     return {

@@ -10,8 +10,6 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, Optional, Union
 
-import jwt
-
 __all__ = ["TokenIssuer"]
 
 # The issuer kube-apiserver uses by default (--service-account-issuer on most distributions).
@@ -53,12 +51,15 @@ class TokenIssuer:
         key_size: int = DEFAULT_KEY_SIZE,
         key_pem: Optional[bytes] = None,
     ) -> None:
-        try:  # imported here, not at the top: the pytest plugin imports this module for every run
+        # Imported here, not at the top: the pytest plugin imports this package in every pytest
+        # run of an application that installed sa-token, also without the testing extra.
+        try:
+            import jwt  # noqa: F401 - signing and verifying, below
             from cryptography.hazmat.primitives import serialization
             from cryptography.hazmat.primitives.asymmetric import rsa
         except ImportError as exc:
             raise ImportError(
-                "sa_token.testing.TokenIssuer needs the cryptography package: "
+                f"sa_token.testing.TokenIssuer needs pyjwt and cryptography ({exc.name} is missing): "
                 "pip install 'sa-token[testing]'"
             ) from exc
 
@@ -145,6 +146,8 @@ class TokenIssuer:
         """Sign an arbitrary payload with this issuer's key (header ``alg`` RS256 and ``kid``)."""
         with self._lock:
             self.issued += 1
+        import jwt
+
         # kube-apiserver's header has no "typ" (go-jose with nil options).
         return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid, "typ": None})
 
@@ -169,6 +172,8 @@ class TokenIssuer:
     ) -> dict[str, Any]:
         """Verify like the API server: RS256 signature with this key, ``exp``, ``nbf``, ``iss`` and
         (when given) ``aud``. Returns the claims; raises ``jwt.InvalidTokenError`` otherwise."""
+        import jwt
+
         aud = [audience] if isinstance(audience, str) else (list(audience) if audience is not None else None)
         claims: dict[str, Any] = jwt.decode(
             token,
