@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -475,12 +474,12 @@ def test_close_while_a_login_is_in_flight_hands_the_late_credential_over(
     def relogin_after_refusal() -> None:
         try:
             keeper.replace(first)
-        except Exception:  # noqa: S110 - closed meanwhile: no credential for it
+        except Exception:
             pass
 
     relogin = threading.Thread(target=relogin_after_refusal)
     relogin.start()
-    assert wait_for(lambda: keeper._work.locked(), timeout=5)
+    assert wait_for(keeper._work.locked, timeout=5)
     keeper.close()  # the refused lease was dropped by replace(): nothing to revoke now
     exchange.gate.set()
     relogin.join(10)
@@ -502,7 +501,7 @@ def test_the_one_formatter_redacts_and_escapes(token_issuer: TokenIssuer) -> Non
 class _Vault(BaseHTTPRequestHandler):
     """Answers a Vault login by echoing the request, as some proxies do; records headers."""
 
-    seen: list[dict[str, str]] = []
+    seen: list[dict[str, str]] = []  # noqa: RUF012 - one server per test, reset by the fixture
     answer_ok = False
 
     def do_POST(self) -> None:

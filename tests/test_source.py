@@ -24,7 +24,7 @@ from sa_token import (
     TokenSource,
 )
 from sa_token._hub import HUB
-from sa_token._source import DEFAULT_LEEWAY, FAILED_READ_RETRY, STALE_MARGIN
+from sa_token._source import DEFAULT_LEEWAY, STALE_MARGIN
 from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
 from sa_token.testing import inotify_instances as _inotify_fds
 
@@ -631,7 +631,7 @@ def test_public_names() -> None:
     assert sorted(sa_token.__all__) == sorted(
         [
             "DEFAULT_TOKEN_PATH", "AudienceMismatchError", "CABundle", "CAFileError", "IssuerMismatchError",
-            "MalformedTokenError",
+            "ConfigurationError", "ThreadStartError", "MalformedTokenError",
             "Token", "TokenError", "TokenExpiredError", "TokenFileError", "TokenNotYetValidError",
             "TokenSource", "TokenStatus", "TokenValidationError", "__version__",
         ]
