@@ -33,7 +33,7 @@ from typing import Callable, Optional, Union
 
 from . import _fmt
 from ._hub import HUB, HubFile
-from ._locks import Notes
+from ._locks import Notes, inside
 from ._read import describe, read_bounded
 from ._subscribers import Subscribers
 from .errors import TokenFileError
@@ -229,7 +229,7 @@ class CABundle:
     def refresh(self) -> bool:
         """Re-check the file now. Returns True if a new, valid bundle was loaded. A bad new file
         keeps the current bundle (one warning per distinct problem)."""
-        if self._closed or self._hub_file.lock.held():  # held: a finalizer inside our own re-check
+        if self._closed or inside():  # inside: a finalizer inside our own locked work
             return False
         now = self._now()  # before the lock: an injected clock never runs under it
         notes = Notes()

@@ -38,13 +38,14 @@ import math
 import os
 import select
 import struct
+import sys
 import threading
 import time
 import weakref
 from typing import Callable, Optional, TypeVar
 
 from . import _fmt
-from ._locks import Notes, OwnedLock, say
+from ._locks import Notes, OwnedLock, inside, say
 from .errors import ThreadStartError
 
 __all__ = ["DATA_DIR", "HUB", "Hub", "HubFile", "at_fork_in_child", "volume_root", "watch_targets"]
@@ -233,6 +234,7 @@ class Hub:
         self.wake_r = self.wake_w = None
         self.started = True  # False in a forked child until its first use
         self.thread: Optional[threading.Thread] = None
+        self.starting: set[threading.Thread] = set()  # made under the lock, started outside it
         self.threads_started = 0
         self.sleeping_until = -math.inf  # -inf while the thread is awake (it rescans before sleeping)
 
@@ -250,10 +252,10 @@ class Hub:
 
         Raises `ThreadStartError` (and registers nothing) when the watcher thread is not
         running and cannot be started; a later call tries again."""
-        if self.lock.held():
+        if inside():
             raise RuntimeError(
                 "sa-token: a TokenSource or CABundle cannot be created while this thread is inside "
-                "sa-token's registry (from a finalizer the garbage collector ran there): create it "
+                "sa-token's locked work (from a finalizer the garbage collector ran there): create it "
                 "outside __del__"
             )
         with self.lock:
@@ -267,9 +269,10 @@ class Hub:
                 f.watch_refs += 1
                 if f.watch_refs == 1:
                     self._watch(f)
-            failure = self._start()
-            if failure is not None:
-                self._release(f, watch)
+            thread = self._start()
+        failure = self._run_thread(thread)
+        if failure is not None:
+            self.release(f, watch=watch)
         self._say()
         if failure is not None:
             raise failure
@@ -277,8 +280,8 @@ class Hub:
 
     def release(self, f: HubFile, *, watch: bool, slot: Optional[object] = None) -> None:
         """One user less (and its deadline ``slot`` cancelled). Deferred, not waited for, when
-        the calling thread holds the hub's lock already (a finalizer run inside our work)."""
-        if self.lock.held():
+        the calling thread holds a library lock already (a finalizer run inside our work)."""
+        if inside():
             self.release_later(f, watch, slot)
             return
         with self.lock:
@@ -366,10 +369,11 @@ class Hub:
         t = self.thread
         if self.started and t is not None and t.is_alive():
             return
-        if self.lock.held():
+        if inside():
             return
         with self.lock:
-            failure = self._start()
+            thread = self._start()
+        failure = self._run_thread(thread)
         self._say()
         if failure is not None and "thread" not in self.warned:
             self.warned.add("thread")
@@ -514,10 +518,10 @@ class Hub:
             }
 
     # ------------------------------------------------------------------ the thread ---------
-    def _start(self) -> Optional[ThreadStartError]:
+    def _start(self) -> Optional[threading.Thread]:
         """Under the lock: in a forked child, the first use makes the wake-up pipe, the inotify
-        instance and the watches; then the thread. Returns the error if the thread cannot start
-        (nothing is remembered: the next call tries again)."""
+        instance and the watches; then the thread to start (`_run_thread`, outside the lock: a
+        thread's start runs code, the garbage collector's too, while the starter waits)."""
         if not self.started:
             self.wake_r, self.wake_w = _pipe()
             self.started = True
@@ -526,20 +530,35 @@ class Hub:
                     self._arm(dw)
             # Rotations may have happened while nobody watched: re-read everything once.
             self._schedule(0.0, functools.partial(_refresh_all, list(self.files.values())))
-        if self.thread is not None and self.thread.is_alive():
+        if self.thread is not None and (self.thread.is_alive() or self.thread in self.starting):
+            return None
+        if sys.is_finalizing():  # interpreter shutdown: a thread started now never runs
             return None
         thread = self.thread = threading.Thread(target=self._run, name="sa-token-watcher", daemon=True)
+        self.starting.add(thread)  # it runs while self.thread is itself: set before it starts
+        return thread
+
+    def _run_thread(self, thread: Optional[threading.Thread]) -> Optional[ThreadStartError]:
+        """Start ``thread`` (outside the lock). Returns the error if it cannot start (nothing is
+        remembered: the next call tries again)."""
+        if thread is None:
+            return None
         try:
-            thread.start()  # it runs while self.thread is itself: set before
+            thread.start()
         except RuntimeError as exc:  # "can't start new thread": a pids or RLIMIT_NPROC limit
-            self.thread = None
+            with self.lock:
+                self.starting.discard(thread)
+                if self.thread is thread:
+                    self.thread = None
             return ThreadStartError(
                 f"sa-token cannot start its watcher thread ({_fmt.text(exc)}): the container's pids "
                 "limit or this user's process limit (ulimit -u, RLIMIT_NPROC) is reached; it is tried "
                 "again at the next use",
                 reason="thread-unavailable",
             )
-        self.threads_started += 1
+        with self.lock:
+            self.starting.discard(thread)
+            self.threads_started += 1
         return None
 
     def _poke(self) -> None:
@@ -641,7 +660,7 @@ class Hub:
         no inotify watch covers: for the test kit, whose writes must be seen at once on a
         platform (or in a process) without inotify, as inotify would make them seen."""
         prefix = os.path.abspath(directory) + os.sep
-        if self.lock.held():
+        if inside():
             return
         with self.lock:
             files = [

@@ -38,7 +38,7 @@ from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
 
 from . import _fmt
 from ._hub import at_fork_in_child
-from ._locks import Notes, OwnedLock, say
+from ._locks import Notes, OwnedLock, inside, say
 from ._token import Token
 from .errors import TokenError
 
@@ -197,7 +197,9 @@ class LeaseKeeper(Generic[C]):
         self.renewals = 0
         self._generation = 0  # numbers the leases logins publish
         self._lease: Optional[Lease[C]] = None
-        self._work = OwnedLock()  # held by whoever renews or logs in; never by readers
+        # Held by whoever renews or logs in (never by readers); not counted by `inside`: a login
+        # reads its source, which takes the file's lock.
+        self._work = OwnedLock(counted=False)
         self._state = threading.Lock()  # publishing a lease vs close(): held for a few lines
         self._notes = Notes()  # what to log once `_work` is released (written under it)
         self._on_late = on_late
@@ -271,7 +273,7 @@ class LeaseKeeper(Generic[C]):
     def _obtain(self, stale: Optional[Lease[C]]) -> Lease[C]:
         if self._closed:
             raise RuntimeError(f"{self.name}: closed")
-        if self._work.held():  # re-entered from inside our own login: never wait for ourselves
+        if self._work.held() or inside():  # inside our own work: never wait for a lock here
             lease = self._lease
             if lease is not None and lease.valid(self._now()):
                 return lease
@@ -588,7 +590,7 @@ class LeaseKeeper(Generic[C]):
         """In a forked child: fresh locks; the parent's credential is kept only as a fallback
         while the child logs in for a credential of its own (see `_after_fork_in_child`) at its
         first use of the keeper: no thread and no login in a child that never uses it."""
-        self._work = OwnedLock()
+        self._work = OwnedLock(counted=False)
         self._state = threading.Lock()
         self._notes = Notes()
         self._late = []

@@ -18,28 +18,41 @@ import logging
 import threading
 from typing import Any
 
-__all__ = ["Notes", "OwnedLock"]
+__all__ = ["Notes", "OwnedLock", "inside"]
 
 log = logging.getLogger("sa_token")
 
 _get_ident = threading.get_ident
+_held = threading.local()  # how many counted library locks this thread holds
+
+
+def inside() -> bool:
+    """Whether this thread holds a library lock now (then it is inside our own work, e.g. a
+    finalizer the garbage collector ran there): it must start nothing that takes another lock,
+    or two threads could wait for each other (the hub's lock against a file's)."""
+    return getattr(_held, "n", 0) > 0
 
 
 class OwnedLock:
     """A ``threading.Lock`` that knows which thread holds it (`held`)."""
 
-    __slots__ = ("_lock", "_owner")
+    __slots__ = ("_counted", "_lock", "_owner")
 
-    def __init__(self) -> None:
+    def __init__(self, *, counted: bool = True) -> None:
         self._lock = threading.Lock()
         self._owner = 0
+        self._counted = counted  # counts for `inside` (not a lock held across calls back into us)
 
     def acquire(self) -> None:
         me = _get_ident()  # before taking the lock: nothing may allocate between the two
         self._lock.acquire()
         self._owner = me
+        if self._counted:
+            _held.n = getattr(_held, "n", 0) + 1
 
     def release(self) -> None:
+        if self._counted:
+            _held.n -= 1
         self._owner = 0
         self._lock.release()
 

@@ -30,7 +30,7 @@ from typing import Callable, NamedTuple, Optional, TypeVar, Union
 
 from . import _fmt
 from ._hub import HUB, HubFile, volume_root
-from ._locks import Notes
+from ._locks import Notes, inside
 from ._read import Identity, identity, on_memory_fs, read_token_file
 from ._subscribers import Subscribers
 from ._token import Token
@@ -141,7 +141,7 @@ class _TokenFile(HubFile):
         The sources' clocks are read before the lock is taken and their log lines said after it
         is released: no injected clock or logging handler runs under it. A thread that holds the
         lock already (a finalizer the garbage collector ran inside a read) does not read again."""
-        if self.lock.held():
+        if inside():  # a finalizer inside our own locked work: no lock may be waited for here
             return
         sources = list(self.sources)
         nows = {src: src._now() for src in sources}
@@ -316,7 +316,7 @@ class TokenSource:
         # raises an event. One registry operation; undone below if the read fails.
         tfile = HUB.acquire(self.path, lambda: _TokenFile(self.path), watch=self._watch)
         try:
-            if tfile.lock.held():
+            if inside():
                 raise RuntimeError(
                     f"sa-token: a TokenSource for {_fmt.path(self.path)} cannot be created while this "
                     "thread is reading that file (from a finalizer the garbage collector ran there): "
@@ -422,7 +422,7 @@ class TokenSource:
         token is kept as a fallback in case the re-read fails.
         """
         cutoff = math.inf if older_than is None else _timestamp(older_than)
-        if self._file.lock.held():  # from a finalizer inside a read of this file: the read publishes next
+        if inside():  # from a finalizer inside our own work: an attribute store, no lock
             self._invalidate(cutoff)
             return
         with self._file.lock:
@@ -481,7 +481,7 @@ class TokenSource:
         Safe from a finalizer (``__del__``): when the garbage collector runs it inside sa-token's
         own locked work on this thread, the source is closed at once and its registration is
         released by the watcher thread, instead of this thread waiting for itself."""
-        if self._file.lock.held() or HUB.lock.held():
+        if inside():
             if not self._closed:
                 self._closed = True
                 self._snap = dataclasses.replace(self._snap, serve_until=-math.inf, refresh_at=math.inf)

@@ -17,7 +17,7 @@ import logging
 import threading
 from typing import Callable, Generic, Optional, TypeVar
 
-from ._locks import OwnedLock
+from ._locks import OwnedLock, inside
 
 __all__ = ["Subscribers"]
 
@@ -49,7 +49,7 @@ class Subscribers(Generic[T]):
             self._callbacks = (*self._callbacks, callback)
 
         def unsubscribe() -> None:
-            if self._lock.held():  # a finalizer inside our own section: the list is copy-on-write
+            if inside():  # a finalizer inside our own locked work: the list is copy-on-write
                 self._callbacks = tuple(c for c in self._callbacks if c is not callback)
                 return
             with self._lock:
@@ -64,28 +64,35 @@ class Subscribers(Generic[T]):
         """Queue ``value`` for the callbacks (returns at once; never raises)."""
         if not self._callbacks:
             return
-        if self._lock.held():  # a finalizer inside our own section: the deque is thread-safe
+        if inside():  # a finalizer inside our own locked work: the deque is thread-safe
             self._pending.append(value)
             return
         with self._lock:
             self._pending.append(value)
-            failed = self._start()
-        if failed is not None:
-            self._failed(failed)
+            worker = self._reserve()
+        self._start(worker)
 
-    def _start(self) -> Optional[RuntimeError]:  # under the lock
+    def _reserve(self) -> Optional[threading.Thread]:  # under the lock
         if self._worker is not None or self._retrying:
             return None
         name = f"sa-token-subscribers {self._owner}"
-        worker = threading.Thread(target=self._deliver, name=name, daemon=True)
+        worker = self._worker = threading.Thread(target=self._deliver, name=name, daemon=True)
+        return worker
+
+    def _start(self, worker: Optional[threading.Thread]) -> None:
+        """Outside the lock: a thread's start runs code (the garbage collector may strike in the
+        new thread) while the starter waits for it, so never under a lock of ours."""
+        if worker is None:
+            return
         try:
             worker.start()
         except RuntimeError as exc:  # "can't start new thread": a pids or RLIMIT_NPROC limit
-            self._retrying = True
-            return exc
-        self._worker = worker
+            with self._lock:
+                self._worker = None
+                self._retrying = True
+            self._failed(exc)
+            return
         self._retry = RETRY_FIRST
-        return None
 
     def _failed(self, exc: RuntimeError) -> None:
         """Outside the lock: say so (once per outage) and try again later from the watcher."""
@@ -104,9 +111,8 @@ class Subscribers(Generic[T]):
     def _resume(self) -> None:
         with self._lock:
             self._retrying = False
-            failed = self._start() if self._pending else None
-        if failed is not None:
-            self._failed(failed)
+            worker = self._reserve() if self._pending else None
+        self._start(worker)
 
     def _deliver(self) -> None:
         while True:
