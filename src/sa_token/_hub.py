@@ -687,6 +687,7 @@ class Hub:
         never uses sa-token (a ``multiprocessing.Pool`` worker, the pre-exec child of a
         ``subprocess`` with ``preexec_fn``) costs nothing; the first use (`ensure_running`, a new
         registration) starts what the child needs and re-reads every file once."""
+        self.lock.release()  # taken by _before_fork in this thread: its count of held locks too
         tracked = list(self.tracked)
         # Registrations and deadlines carry over (seq too: it tells a slot's live entry apart).
         kept = (self.files, self.dirs, self.heap, self.slots, self.replaced, self.seq, self._fork_hooks)
