@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import subprocess
+import sys
 import textwrap
 import threading
 import time
