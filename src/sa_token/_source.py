@@ -652,7 +652,7 @@ def require_source(source: T, what: str) -> T:
     object passes: integrations duck-type their source."""
     if isinstance(source, (str, bytes, os.PathLike)):
         given = os.fsdecode(source) if isinstance(source, (bytes, os.PathLike)) else source
-        if _fmt.looks_like_jwt(given) or _fmt.looks_like_jwt(given.strip()):
+        if _fmt.looks_like_jwt(given):  # (it strips each path element itself)
             raise TypeError(
                 f"{what} takes a TokenSource, not a token: pass TokenSource(<the token file's path>)"
             )
