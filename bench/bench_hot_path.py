@@ -37,12 +37,20 @@ class ConstantSource:
         return "eyJhbGciOiJSUzI1NiJ9.e30.c2ln"
 
 
-_time = time.time  # looked up as token() looks its clock up
+_time = time.time  # bound once, at import
 
 
 class ClockSource:
     """The floor plus the one clock read token() makes per call: how much of token()'s cost
     the clock is on this machine (a VM without a fast vDSO clock pays most of it here)."""
+
+    def token(self) -> float:
+        return time.time()  # looked up at each call, as token() does (issue 19)
+
+
+class BoundClockSource:
+    """The same with ``time.time`` bound at import, as token() did before issue 19: the
+    difference from `ClockSource` is what the per-call lookup costs."""
 
     def token(self) -> float:
         return _time()
@@ -107,6 +115,7 @@ def _run(fx: Fixture, sz: dict[str, Any]) -> dict[str, Any]:
         "k8s_get_api_key": k8s_key,
         "constant": ConstantSource().token,
         "clock": ClockSource().token,
+        "clock_bound": BoundClockSource().token,
     }
     assert src.token() == token
     assert checked.token() == token
@@ -130,6 +139,14 @@ def _run(fx: Fixture, sz: dict[str, Any]) -> dict[str, Any]:
         "sa_token_over_constant": ratio("sa_token", "constant"),
         "sa_token_checked_over_constant": ratio("sa_token_checked", "constant"),
         "clock_over_constant": ratio("clock", "constant"),
+        # What looking time.time up at each call costs, against binding it at import.
+        "clock_lookup_ns": statistics.median(
+            x - y for x, y in zip(per_round["clock"], per_round["clock_bound"])
+        ),
+        "clock_lookup_share_of_token": statistics.median(
+            (x - y) / z
+            for x, y, z in zip(per_round["clock"], per_round["clock_bound"], per_round["sa_token"])
+        ),
     }
 
 
@@ -207,6 +224,11 @@ def report(res: dict[str, Any]) -> list[str]:
             "clock",
             res["clock_over_constant"] / res["sa_token_over_constant"],
         ),
+        (
+            "(d') the same, time.time bound at import",
+            "clock_bound",
+            med["clock_bound"] / med["sa_token"],
+        ),
     ]
     out = [
         "Hot path, per call (median of rounds; ratio = median of per-round ratios)",
@@ -214,6 +236,10 @@ def report(res: dict[str, Any]) -> list[str]:
     ]
     for label, key, r in rows:
         out.append(f"  {label:<52}{fmt_s(med[key] * 1e-9):>10}{r:>12.2f}x")
+    out.append(
+        f"  looking time.time up at each call costs {res['clock_lookup_ns']:.1f} ns "
+        f"({res['clock_lookup_share_of_token']:.1%} of token())"
+    )
     return out
 
 

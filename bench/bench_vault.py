@@ -63,8 +63,8 @@ def bench_read(rounds: int, reads: int) -> dict[str, Any]:
     from sa_token.vault import VaultAuth
 
     issuer = TokenIssuer()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-vault-"))
-    with OpenBaoServer(issuer) as bao:
+    with tempfile.TemporaryDirectory(prefix="bench-vault-") as tmpdir, OpenBaoServer(issuer) as bao:
+        tmp = Path(tmpdir)
         bao.add_policy("bench", 'path "secret/data/db" { capabilities = ["read"] }')
         bao.add_role("bench", policies=["bench"], token_ttl=3600, token_max_ttl=86400)
         bao.write_secret("db", {"password": "s3cret"})
@@ -190,8 +190,12 @@ class VaultArithmetic:
 
 def simulate_day(*, bound: bool, seed: int) -> dict[str, Any]:
     clock = Clock()
+    with tempfile.TemporaryDirectory(prefix="bench-vault-day-") as tmp:
+        return _day(clock, Path(tmp), bound=bound, seed=seed)
+
+
+def _day(clock: Clock, tmp: Path, *, bound: bool, seed: int) -> dict[str, Any]:
     start = clock.now
-    tmp = Path(tempfile.mkdtemp(prefix="bench-vault-day-"))
     volume = ProjectedVolume(tmp / "tokens")
     kubelet = Kubelet(volume, TokenIssuer(), audiences=["vault"])
     kubelet.rotate(now=clock.now, expiration_seconds=PROJECTED_LIFETIME)

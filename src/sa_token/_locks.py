@@ -10,11 +10,16 @@ Two rules hold for every lock sa-token takes (docs/model.md, "User code and lock
   (``__del__``, ``weakref.finalize``) wherever it strikes, also inside our locked sections; a
   finalizer that calls ``close()`` then meets a lock its own thread holds. `OwnedLock` knows
   its holder, so such a call defers its work (the watcher thread does it) instead of waiting.
+* **Nothing waits for a lock while the interpreter shuts down.** Daemon threads (ours, and the
+  application's) are frozen wherever they are, perhaps holding a lock that is then never
+  released, while the last collections run finalizers: there, `inside` is true (entry points
+  take their lock-free paths) and `OwnedLock.acquire` takes a lock only if it is free.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any
 
@@ -22,39 +27,64 @@ __all__ = ["Notes", "OwnedLock", "inside"]
 
 log = logging.getLogger("sa_token")
 
-_get_ident = threading.get_ident
-_held = threading.local()  # how many counted library locks this thread holds
+_finalizing = sys.is_finalizing  # bound now: at shutdown the sys module may be half torn down
+_held = threading.local()  # per thread: ``locks``, the library locks it holds or is taking
+
+
+def _mine() -> list[OwnedLock]:
+    try:
+        mine: list[OwnedLock] = _held.locks
+    except AttributeError:
+        mine = _held.locks = []
+    return mine
 
 
 def inside() -> bool:
     """Whether this thread holds a library lock now (then it is inside our own work, e.g. a
     finalizer the garbage collector ran there): it must start nothing that takes another lock,
-    or two threads could wait for each other (the hub's lock against a file's)."""
-    return getattr(_held, "n", 0) > 0
+    or two threads could wait for each other (the hub's lock against a file's). True while the
+    interpreter shuts down, too: a lock may then be held by a thread that will never run again."""
+    return _finalizing() or any(lock._counted for lock in _mine())
 
 
 class OwnedLock:
-    """A ``threading.Lock`` that knows which thread holds it (`held`)."""
+    """A ``threading.Lock`` that knows whether the calling thread holds it (`held`).
 
-    __slots__ = ("_counted", "_lock", "_owner")
+    A thread is marked as holding the lock *before* it takes it and unmarked only *after* it
+    let go: the garbage collector may strike between any two bytecodes (at the next allocation
+    before Python 3.12, at the next check of the eval breaker since), also right after the
+    underlying lock was taken; a finalizer run there must already see the lock as its own."""
+
+    __slots__ = ("_counted", "_lock")
 
     def __init__(self, *, counted: bool = True) -> None:
         self._lock = threading.Lock()
-        self._owner = 0
         self._counted = counted  # counts for `inside` (not a lock held across calls back into us)
 
     def acquire(self) -> None:
-        me = _get_ident()  # before taking the lock: nothing may allocate between the two
-        self._lock.acquire()
-        self._owner = me
-        if self._counted:
-            _held.n = getattr(_held, "n", 0) + 1
+        _mine().append(self)
+        try:
+            taken = self._lock.acquire(not _finalizing())  # at shutdown, only if it is free
+        except BaseException:  # interrupted while waiting (KeyboardInterrupt): not taken
+            self._unmark()
+            raise
+        if not taken:
+            self._unmark()
+            raise RuntimeError(
+                "sa-token: the interpreter is shutting down and a lock of sa-token is held by a "
+                "thread that will not run again: not waiting for it"
+            )
 
     def release(self) -> None:
-        if self._counted:
-            _held.n -= 1
-        self._owner = 0
         self._lock.release()
+        self._unmark()
+
+    def _unmark(self) -> None:
+        mine = _mine()
+        for i in range(len(mine) - 1, -1, -1):  # usually the last one: locks nest
+            if mine[i] is self:
+                del mine[i]
+                return
 
     def __enter__(self) -> OwnedLock:
         self.acquire()
@@ -64,8 +94,9 @@ class OwnedLock:
         self.release()
 
     def held(self) -> bool:
-        """Whether the calling thread holds the lock (then it must not wait for it)."""
-        return self._owner == _get_ident()
+        """Whether the calling thread holds the lock, or is taking or releasing it (then it must
+        not wait for it). True while the interpreter shuts down (see the module's notes)."""
+        return _finalizing() or any(lock is self for lock in _mine())
 
     def locked(self) -> bool:
         return self._lock.locked()

@@ -6,8 +6,9 @@ another source's callbacks. So each `Subscribers` delivers from a thread of its 
 when there is something to deliver and gone when there is not; values are delivered in the
 order they came, and whatever a callback raises (`SystemExit` included) is logged and
 contained. A thread that cannot start (a pids limit) is retried with backoff, from the watcher
-thread: delivery resumes once one can; nothing is remembered for good. Unsubscribing from a
-finalizer that runs inside our own locked section never waits for that lock.
+thread: delivery resumes once one can; nothing is remembered for good. Unsubscribing takes no
+lock at all (it may run from a finalizer the garbage collector runs inside our own locked
+section): it switches the subscription off, and the list drops it at its next change.
 """
 
 from __future__ import annotations
@@ -31,13 +32,21 @@ RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 
 
+class _Subscription(Generic[T]):
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[T], None]) -> None:
+        # None once unsubscribed: one attribute store, no lock needed, the callback let go at once
+        self.callback: Optional[Callable[[T], None]] = callback
+
+
 class Subscribers(Generic[T]):
     """A copy-on-write list of callbacks and the queue of values still to deliver to them."""
 
     def __init__(self, owner: str) -> None:
         self._owner = owner  # for log lines: the file the values come from
         self._lock = OwnedLock()
-        self._callbacks: tuple[Callable[[T], None], ...] = ()
+        self._subs: tuple[_Subscription[T], ...] = ()  # copy-on-write
         self._pending: collections.deque[T] = collections.deque()
         self._worker: Optional[threading.Thread] = None
         self._retry = RETRY_FIRST  # the next delay after a failed thread start
@@ -45,24 +54,18 @@ class Subscribers(Generic[T]):
 
     def add(self, callback: Callable[[T], None]) -> Callable[[], None]:
         """Subscribe; returns a function that unsubscribes (idempotent)."""
+        sub = _Subscription(callback)
         with self._lock:
-            self._callbacks = (*self._callbacks, callback)
+            self._subs = (*(s for s in self._subs if s.callback is not None), sub)
 
         def unsubscribe() -> None:
-            if inside():  # a finalizer inside our own locked work: the list is copy-on-write
-                self._callbacks = tuple(c for c in self._callbacks if c is not callback)
-                return
-            with self._lock:
-                callbacks = list(self._callbacks)
-                if callback in callbacks:
-                    callbacks.remove(callback)
-                self._callbacks = tuple(callbacks)
+            sub.callback = None
 
         return unsubscribe
 
     def notify(self, value: T) -> None:
         """Queue ``value`` for the callbacks (returns at once; never raises)."""
-        if not self._callbacks:
+        if all(sub.callback is None for sub in self._subs):
             return
         if inside():  # a finalizer inside our own locked work: the deque is thread-safe
             self._pending.append(value)
@@ -121,8 +124,11 @@ class Subscribers(Generic[T]):
                     self._worker = None
                     return
                 value = self._pending.popleft()
-                callbacks = self._callbacks
-            for callback in callbacks:
+                subs = self._subs
+            for sub in subs:
+                callback = sub.callback
+                if callback is None:  # unsubscribed meanwhile
+                    continue
                 try:
                     callback(value)
                 except BaseException:  # SystemExit and KeyboardInterrupt too: contain, report
