@@ -1,16 +1,17 @@
 """The bearer-token exchange, written once for every client (httpx's ``auth_flow`` idea).
 
-Every integration is a thin driver of one [`Exchange`][sa_token._flow.Exchange] per request. The
-exchange says what to do; the driver does the sending in its client's own way:
+Every integration is a thin driver of one [`Attempt`][sa_token._flow.Attempt] per request. The
+attempt says which token to send; the driver does the sending in its client's own way:
 
 1. **Read the token** (from the [`TokenSource`][sa_token.TokenSource]; a file read, when one
    is due, runs in a worker thread for the async drivers, never on the event loop).
 2. **Send with it**: the driver puts ``Authorization: Bearer <token>`` on the request (gRPC: its
    metadata plugin does) and sends. Any answer but a rejection stands: the driver stops there.
 3. **On a rejection** (HTTP 401, gRPC ``UNAUTHENTICATED``), which the driver reports as a
-   [`Reply`][sa_token._flow.Reply], of a request that carried this token:
-   invalidate what was read before the request started (client-go's
-   ``ResetTokenOlderThan(start)``: a burst of 401s causes one re-read), read again, and only if
+   [`Reply`][sa_token._flow.Reply], of a request that carried this token: forget that token if
+   it is still the current one (``TokenSource.invalidate_if``, a compare-and-swap: a burst of
+   401s causes one re-read, as client-go's ``ResetTokenOlderThan`` does, with no clock
+   involved), read again, and only if
    the token changed and the body can be replayed, send once more ([`MAX_401_RETRIES`]
    [sa_token._flow.MAX_401_RETRIES]). Otherwise the rejection is the caller's answer (after a
    body that cannot be replayed, the next request reads the file again).
@@ -28,7 +29,7 @@ The rules the drivers share:
   accident. Host names compare case-insensitively, in their ASCII (punycode) form, and
   exactly: no wildcards, no subdomains.
 * **No token in a frame.** Nothing here binds the raw token string to a local variable: the
-  exchange holds [`Token`][sa_token.Token] objects (whose ``repr`` hides the value) and the
+  attempt holds [`Token`][sa_token.Token] objects (whose ``repr`` hides the value) and the
   drivers put ``bearer(held)`` straight into the header they send, so error reporters that print
   the locals of a traceback (Sentry, loguru, rich, ``pytest -l``) never show it.
 """
@@ -36,11 +37,9 @@ The rules the drivers share:
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Generator, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
-from functools import partial
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, TypeVar, Union
 from urllib.parse import urlsplit
 
 from ._observe import count_auth_retry
@@ -48,13 +47,13 @@ from .errors import TokenError
 
 if TYPE_CHECKING:
     from ._source import TokenSource
+    from ._token import Token
 
 __all__ = [
     "AUTHORIZATION",
     "MAX_401_RETRIES",
+    "Attempt",
     "BearerFlow",
-    "Exchange",
-    "Held",
     "Reply",
     "bearer",
     "host_allowed",
@@ -78,43 +77,28 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 HostKey = tuple[str, Optional[int]]  # (lower-case host, port or None for "the default port")
 T = TypeVar("T")
-ToThread = Callable[[Callable[[], T]], Awaitable[T]]
 
 
-class Held(Protocol):
-    """What an exchange holds for the token it sent: a [`Token`][sa_token.Token], or the value
-    answered without I/O by ``token_nowait()``; both keep ``value`` out of their ``repr``."""
+class ToThread(Protocol):
+    """Runs a function in a worker thread: ``asyncio.to_thread``, ``anyio.to_thread.run_sync``."""
 
-    @property
-    def value(self) -> str: ...
+    def __call__(self, func: Callable[[], T], /) -> Awaitable[T]: ...
 
 
-class _Value:
-    """A token string held for one request, with a ``repr`` that does not show it."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: str) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return "<token>"
-
-
-def bearer(held: Held) -> str:
+def bearer(held: Token) -> str:
     """The ``Authorization`` value for ``held``; put it straight into the header."""
     return "Bearer " + held.value
 
 
 class Reply:
     """A rejection (HTTP 401, gRPC ``UNAUTHENTICATED``) of a request the driver sent with the
-    exchange's token: the only answer a driver reports.
+    attempt's token: the only answer a driver reports.
 
     Args:
         url: where the rejected request went (after redirects); ``None``: where it was sent.
         authorization: the ``Authorization`` header the answered request carried, for clients
             whose redirects may have dropped or replaced it; leave it out when the request
-            surely carried the exchange's token.
+            surely carried the attempt's token.
     """
 
     __slots__ = ("authorization", "url")
@@ -126,30 +110,6 @@ class Reply:
 
     def __repr__(self) -> str:
         return f"Reply(url={self.url!r})"
-
-
-class _Read:
-    """Read the current token."""
-
-
-class _Reread:
-    """Invalidate tokens read before ``started``, then read (``None`` if that read fails)."""
-
-    def __init__(self, started: float, only_invalidate: bool = False) -> None:
-        self.started = started
-        self.only_invalidate = only_invalidate
-
-
-class _Send:
-    def __init__(self, held: Held) -> None:
-        self.held = held
-
-    def __repr__(self) -> str:
-        return "_Send(<token>)"
-
-
-_READ = _Read()
-Command = Union[_Read, _Reread, _Send]
 
 
 class BearerFlow:
@@ -182,14 +142,14 @@ class BearerFlow:
         hosts = None if self.hosts is None else sorted(_show(h) for h in self.hosts)
         return f"{type(self).__name__}({self.source!r}, hosts={hosts!r})"
 
-    def exchange(
+    def attempt(
         self,
         url: Optional[str],
         *,
         has_authorization: bool = False,
         replayable: Callable[[], bool] = lambda: True,
-    ) -> Optional[Exchange]:
-        """Start the exchange of one request, or return ``None`` when the request is not ours
+    ) -> Optional[Attempt]:
+        """Start the attempt of one request, or return ``None`` when the request is not ours
         (it has its own ``Authorization`` header, or goes to a host not in ``hosts``). A ``url``
         of ``None`` says the driver applied the hosts rule itself
         ([`allows`][sa_token._flow.BearerFlow.allows]).
@@ -199,30 +159,13 @@ class BearerFlow:
         """
         if has_authorization or (url is not None and not host_allowed(url, self.hosts)):
             return None
-        return Exchange(self, time.time(), replayable)
+        return Attempt(self, replayable)
 
     def allows(self, scheme: str, host: Optional[str], port: Optional[int]) -> bool:
         """The hosts rule for a URL already split into its parts (``port`` None: the default)."""
         return self.hosts is None or _allowed(scheme, host, port, self.hosts)
 
-    def _steps(self, started: float, replayable: Callable[[], bool]) -> Generator[Command, object, None]:
-        sent = cast(Held, (yield _READ))
-        for _ in range(MAX_401_RETRIES):
-            reply = yield _Send(sent)
-            assert isinstance(reply, Reply)
-            if not self._carried(reply, sent):
-                return
-            if not replayable():
-                yield _Reread(started, only_invalidate=True)  # the next request re-reads
-                return
-            fresh = cast(Optional[Held], (yield _Reread(started)))
-            if fresh is None or fresh.value == sent.value:
-                return
-            sent = fresh
-            count_auth_retry(self.client)
-        yield _Send(sent)
-
-    def _carried(self, reply: Reply, sent: Held) -> bool:
+    def _carried(self, reply: Reply, sent: Token) -> bool:
         """Whether the rejected request really carried ``sent`` (a redirect to another origin
         drops it; the hosts rule is checked again for the final URL)."""
         if reply.url is not None and not host_allowed(reply.url, self.hosts):
@@ -230,102 +173,87 @@ class BearerFlow:
         return reply.authorization is Reply._SENT or reply.authorization == bearer(sent)
 
 
-class Exchange:
-    """The steps of one request's exchange, driven by [`step`][sa_token._flow.Exchange.step]
-    (synchronous clients) or [`astep`][sa_token._flow.Exchange.astep] (async clients).
+class Attempt:
+    """One request's way through the flow, driven by [`step`][sa_token._flow.Attempt.step]
+    (synchronous clients) or [`astep`][sa_token._flow.Attempt.astep] (async clients): the first
+    call returns the token to send with; each rejection the driver reports returns the token to
+    send again with, or ``None``: the rejection stands. An answer that is not a rejection ends
+    the attempt (the driver stops without reporting it).
 
-    An answer that is not a rejection ends the exchange: the driver stops without reporting it.
-    The flow's first two steps are always "read", then "send with what was read": the exchange
-    takes them itself and starts the flow's generator only when a rejection is reported, so a
-    request that is not rejected costs one token read and no generator.
-    """
+    After a rejection the attempt asks the source to forget the token *it sent*
+    ([`invalidate_if`][sa_token.TokenSource.invalidate_if], a compare-and-swap: a burst of 401s
+    causes one re-read, and no clock is involved), then reads again, and sends once more only
+    if the token changed and the body can be replayed."""
 
-    __slots__ = ("_flow", "_replayable", "_sent", "_source", "_started", "_steps")
+    __slots__ = ("_flow", "_replayable", "_retries", "_sent", "_source")
 
-    def __init__(self, flow: BearerFlow, started: float, replayable: Callable[[], bool]) -> None:
+    def __init__(self, flow: BearerFlow, replayable: Callable[[], bool]) -> None:
         self._flow = flow
         self._source = flow.source
-        self._started = started  # when the request started: a rejection invalidates older reads
         self._replayable = replayable
-        self._steps: Optional[Generator[Command, object, None]] = None  # started at the first reply
-        self._sent: Optional[Held] = None  # what the first step read
+        self._sent: Optional[Token] = None  # the token the request carries
+        self._retries = 0
 
     def __repr__(self) -> str:
-        return f"<Exchange of {self._source!r}>"
+        return f"<Attempt of {self._source!r}>"
 
-    def step(self, reply: Optional[Reply] = None) -> Optional[Held]:
-        """Report the rejection ``reply`` (nothing, the first time) and run the token reads that
-        follow in this thread; returns the token to send the request (again) with, or ``None``:
-        the rejection stands."""
-        if self._sent is None:  # the first step: read
-            self._sent = self._run(_READ)
+    def step(self, reply: Optional[Reply] = None) -> Optional[Token]:
+        """Report the rejection ``reply`` (nothing, the first time) and read the token in this
+        thread; returns the token to send the request (again) with, or ``None``."""
+        if self._sent is None:
+            self._sent = self._source.current()
             return self._sent
-        try:
-            command = self._resume(reply)
-            while not isinstance(command, _Send):
-                command = self._resume(self._run(command))
-        except StopIteration:
-            return None
-        return command.held
+        return self._retry_with(self._reread() if self._rejected(reply) else None)
 
-    def start_nowait(self) -> Optional[Held]:
+    def start_nowait(self) -> Optional[Token]:
         """The first step for an event loop, without a coroutine: the token when the source
         answers from memory; ``None``: a file read is due, continue with ``await astep()``."""
-        self._sent = read_nowait(self._source)
+        self._sent = self._source._current_nowait()
         return self._sent
 
-    async def astep(self, reply: Optional[Reply] = None, *, to_thread: ToThread[object]) -> Optional[Held]:
-        """[`step`][sa_token._flow.Exchange.step] for an event loop: a token answered from
-        memory is taken at once; any file read or lock wait runs through ``to_thread`` (e.g.
+    async def astep(self, reply: Optional[Reply] = None, *, to_thread: ToThread) -> Optional[Token]:
+        """[`step`][sa_token._flow.Attempt.step] for an event loop: a token answered from memory
+        is taken at once; any file read or lock wait runs through ``to_thread`` (e.g.
         ``asyncio.to_thread``, ``anyio.to_thread.run_sync``)."""
-        if self._sent is None:  # the first step: read (one start_nowait() could not do)
-            self._sent = read_nowait(self._source) or cast(Held, await to_thread(partial(self._run, _READ)))
+        if self._sent is None:
+            self._sent = self._source._current_nowait() or await to_thread(self._source.current)
             return self._sent
-        try:
-            command = self._resume(reply)
-            while not isinstance(command, _Send):
-                result = read_nowait(self._source) if isinstance(command, _Read) else None
-                if result is None:
-                    result = cast(Optional[Held], await to_thread(partial(self._run, command)))
-                command = self._resume(result)
-        except StopIteration:
+        if not self._rejected(reply):
             return None
-        return command.held
+        fresh = self._source._current_nowait() or await to_thread(self._reread)
+        return self._retry_with(fresh)
 
-    def _resume(self, value: object) -> Command:
-        """Send ``value`` into the flow, starting it first: it reads (what the first step read)
-        and sends (that token), which this exchange already did."""
-        if self._steps is None:
-            self._steps = self._flow._steps(self._started, self._replayable)
-            first = self._steps.send(None)
-            assert isinstance(first, _Read)
-            sent = self._steps.send(self._sent)
-            assert isinstance(sent, _Send)
-            assert sent.held is self._sent
-        return self._steps.send(value)
+    def _rejected(self, reply: Optional[Reply]) -> bool:
+        """Whether a retry may follow the rejection ``reply``: it hit our token (which is then
+        forgotten, if still current), retries are left, and the body can be sent again."""
+        sent = self._sent
+        if reply is None or sent is None or self._retries >= MAX_401_RETRIES:
+            return False
+        if not self._flow._carried(reply, sent):
+            return False
+        self._source.invalidate_if(sent)
+        return self._replayable()  # if not, the next request reads the file again
 
-    def _run(self, command: Command) -> Optional[Held]:
-        source = self._source
-        if isinstance(command, _Read):
-            return source.current()
-        assert isinstance(command, _Reread)
-        source.invalidate(older_than=command.started)
-        if command.only_invalidate:
-            return None
+    def _reread(self) -> Optional[Token]:
         try:
-            return source.current()
+            return self._source.current()
         except TokenError as exc:  # the next request raises it again, when it asks for a token
             log.debug("sa-token: no token to retry with: %s", exc)
             return None
 
+    def _retry_with(self, fresh: Optional[Token]) -> Optional[Token]:
+        sent = self._sent
+        if fresh is None or sent is None or fresh.value == sent.value:
+            return None
+        self._sent = fresh
+        self._retries += 1
+        count_auth_retry(self._flow.client)
+        return fresh
 
-def read_nowait(source: TokenSource) -> Optional[Held]:
-    """The token if the source can answer without I/O, held so that no local shows it."""
-    return _wrap(source.token_nowait())
 
-
-def _wrap(value: Optional[str]) -> Optional[Held]:
-    return None if value is None else _Value(value)
+def read_nowait(source: TokenSource) -> Optional[Token]:
+    """The token if the source can answer without I/O."""
+    return source._current_nowait()
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """What the Kubernetes client integrations share: in-cluster discovery, the namespace file, the
-``refresh_api_key_hook`` objects, and the drivers of the bearer-token exchange (`sa_token._flow`)
+``refresh_api_key_hook`` objects, and the drivers of the bearer-token attempt (`sa_token._flow`)
 for their REST clients. No client library is imported here."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import _fmt
 from ._ca import DEFAULT_CA_PATH, CABundle
-from ._flow import UNAUTHORIZED, BearerFlow, Held, Reply, bearer, read_nowait, scrubbed
+from ._flow import UNAUTHORIZED, BearerFlow, Reply, bearer, read_nowait, scrubbed
 from ._read import describe, read_bounded
 from ._source import DEFAULT_TOKEN_PATH, TokenSource, require_source
+from ._token import Token
 from .errors import TokenFileError
 
 __all__ = [
@@ -226,37 +227,37 @@ def send(
     transmit: Callable[[dict[str, Any]], R],
     api_exception: type[BaseException],
 ) -> R:
-    """Drive one request of a Kubernetes REST client through the exchange.
+    """Drive one request of a Kubernetes REST client through the attempt.
 
     The request is ours when the client put an ``authorization`` header in it (from our hook's
-    ``api_key``); we then send it with the token the exchange read, and once more after a 401
+    ``api_key``); we then send it with the token the attempt read, and once more after a 401
     (answered, or raised as ``api_exception`` by clients before 37) with a re-read token. Each
     attempt gets its own copy of ``headers`` (the REST clients edit them), and an exception
     leaving takes the token out of both dicts.
     """
-    exchange = None
+    attempt = None
     if flow is not None and headers is not None and _AUTHORIZATION in headers:
-        exchange = flow.exchange(url)
-    if exchange is None or headers is None:
+        attempt = flow.attempt(url)
+    if attempt is None or headers is None:
         return transmit(headers)  # type: ignore[arg-type]
-    held = exchange.step()
+    held = attempt.step()
     with scrubbed(headers, _AUTHORIZATION):
         while True:
             assert held is not None
-            attempt = _with_token(headers, held)
-            with scrubbed(attempt, _AUTHORIZATION):
+            carrying = _with_token(headers, held)
+            with scrubbed(carrying, _AUTHORIZATION):
                 try:
-                    response = transmit(attempt)
+                    response = transmit(carrying)
                 except Exception as exc:
                     if not _rejected(exc, api_exception):
                         raise
-                    held = exchange.step(Reply())
+                    held = attempt.step(Reply())
                     if held is None:
                         raise
                     continue
             if getattr(response, "status", None) != UNAUTHORIZED:
                 return response  # the answer stands: nothing for the flow to do
-            held = exchange.step(Reply())
+            held = attempt.step(Reply())
             if held is None:
                 return response
             release(response)
@@ -271,38 +272,38 @@ async def asend(
 ) -> R:
     """[`send`][sa_token._incluster.send] for the asyncio clients: token reads that need the
     file (and the lock wait after a 401) run in a worker thread, never on the event loop."""
-    exchange = None
+    attempt = None
     if flow is not None and headers is not None and _AUTHORIZATION in headers:
-        exchange = flow.exchange(url)
-    if exchange is None or headers is None:
+        attempt = flow.attempt(url)
+    if attempt is None or headers is None:
         return await transmit(headers)  # type: ignore[arg-type]
-    held = await exchange.astep(to_thread=asyncio.to_thread)
+    held = await attempt.astep(to_thread=asyncio.to_thread)
     with scrubbed(headers, _AUTHORIZATION):
         while True:
             assert held is not None
-            attempt = _with_token(headers, held)
-            with scrubbed(attempt, _AUTHORIZATION):
+            carrying = _with_token(headers, held)
+            with scrubbed(carrying, _AUTHORIZATION):
                 try:
-                    response = await transmit(attempt)
+                    response = await transmit(carrying)
                 except Exception as exc:
                     if not _rejected(exc, api_exception):
                         raise
-                    held = await exchange.astep(Reply(), to_thread=asyncio.to_thread)
+                    held = await attempt.astep(Reply(), to_thread=asyncio.to_thread)
                     if held is None:
                         raise
                     continue
             if getattr(response, "status", None) != UNAUTHORIZED:
                 return response
-            held = await exchange.astep(Reply(), to_thread=asyncio.to_thread)
+            held = await attempt.astep(Reply(), to_thread=asyncio.to_thread)
             if held is None:
                 return response
             release(response)
 
 
-def _with_token(headers: dict[str, Any], held: Held) -> dict[str, Any]:
-    attempt = dict(headers)
-    attempt[_AUTHORIZATION] = bearer(held)
-    return attempt
+def _with_token(headers: dict[str, Any], held: Token) -> dict[str, Any]:
+    carrying = dict(headers)
+    carrying[_AUTHORIZATION] = bearer(held)
+    return carrying
 
 
 def release(response: Any) -> None:

@@ -418,8 +418,9 @@ class TokenSource:
         datetime; ``None``: unconditionally), so that the next `token` re-reads the file.
 
         This is client-go's ``ResetTokenOlderThan``: after a 401, invalidate tokens read before
-        the request started; concurrent 401s then cause one re-read. Unlike client-go the old
-        token is kept as a fallback in case the re-read fails.
+        the request started; concurrent 401s then cause one re-read. ``older_than`` is in the
+        source's ``clock=`` time (wall-clock time without one); `invalidate_if` needs no clock.
+        Unlike client-go the old token is kept as a fallback in case the re-read fails.
         """
         cutoff = math.inf if older_than is None else _timestamp(older_than)
         if inside():  # from a finalizer inside our own work: an attribute store, no lock
@@ -427,6 +428,32 @@ class TokenSource:
             return
         with self._file.lock:
             self._invalidate(cutoff)
+
+    def invalidate_if(self, sent: Token) -> bool:
+        """Forget the token if it is still ``sent`` (the `Token` a request carried and a server
+        rejected), so that the next `token` re-reads the file; returns whether it did. A
+        compare-and-swap: once anything re-read the file, ``sent`` is no longer current and
+        nothing happens, so a burst of 401s for one token causes one re-read. No timestamps: it
+        works whatever ``clock=`` says. What every integration calls after a rejection."""
+        if inside():  # from a finalizer inside our own work: an attribute store, no lock
+            return self._invalidate_if(sent)
+        with self._file.lock:
+            return self._invalidate_if(sent)
+
+    def _invalidate_if(self, sent: Token) -> bool:
+        snap = self._snap
+        if snap.token is not sent or self._closed:
+            return False
+        self._snap = dataclasses.replace(snap, refresh_at=-math.inf, serve_until=-math.inf)
+        return True
+
+    def _current_nowait(self) -> Optional[Token]:
+        """The parsed token if it can be handed out without I/O, else ``None``."""
+        snap = self._snap
+        now = self._now()
+        if snap.serve_from <= now < snap.serve_until:
+            return snap.token
+        return None
 
     def _invalidate(self, cutoff: float) -> None:
         snap = self._snap

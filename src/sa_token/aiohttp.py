@@ -81,19 +81,19 @@ class TokenMiddleware:
 
     async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         url = req.url
-        exchange = None
+        attempt = None
         if hdrs.AUTHORIZATION not in req.headers and self._allows(url):
-            exchange = self.flow.exchange(None, replayable=lambda: _replayable(req))
-        if exchange is None:
+            attempt = self.flow.attempt(None, replayable=lambda: _replayable(req))
+        if attempt is None:
             return await handler(req)
-        held = exchange.start_nowait() or await exchange.astep(to_thread=asyncio.to_thread)
+        held = attempt.start_nowait() or await attempt.astep(to_thread=asyncio.to_thread)
         while True:
             assert held is not None
             req.headers[hdrs.AUTHORIZATION] = bearer(held)
             resp = await handler(req)
             if resp.status != UNAUTHORIZED:
-                return resp  # the exchange ends here
-            held = await exchange.astep(Reply(), to_thread=asyncio.to_thread)
+                return resp  # the attempt ends here
+            held = await attempt.astep(Reply(), to_thread=asyncio.to_thread)
             if held is None:
                 return resp
             resp.release()  # the 401's connection goes back to the pool

@@ -37,7 +37,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("sa_token.grpc needs the grpcio package: pip install 'sa-token[grpc]'") from exc
 
-from ._flow import BearerFlow, Exchange, Reply, bearer, host_allowed, read_nowait
+from ._flow import Attempt, BearerFlow, Reply, bearer, host_allowed, read_nowait
 from ._source import require_source
 from .errors import TokenError
 
@@ -109,9 +109,9 @@ def channel_credentials(
     return grpc.composite_channel_credentials(base, call_credentials(source, hosts=hosts))
 
 
-def _exchange(flow: BearerFlow, details: Any) -> Optional[Exchange]:
+def _attempt(flow: BearerFlow, details: Any) -> Optional[Attempt]:
     metadata = details.metadata or ()
-    return flow.exchange("", has_authorization=any(key.lower() == _KEY for key, _ in metadata))
+    return flow.attempt("", has_authorization=any(key.lower() == _KEY for key, _ in metadata))
 
 
 class _Interceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
@@ -119,15 +119,15 @@ class _Interceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         self.flow = BearerFlow(source, client="grpc", what="sa_token.grpc.intercept_channel()")
 
     def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        exchange = _exchange(self.flow, details)
-        if exchange is None:
+        attempt = _attempt(self.flow, details)
+        if attempt is None:
             return continuation(details, request)
-        held = exchange.step()  # the token current when the call starts: what the plugin sends
+        held = attempt.step()  # the token current when the call starts: what the plugin sends
         while True:
             call = continuation(details, request)
             if call.code() != grpc.StatusCode.UNAUTHENTICATED:
-                return call  # the exchange ends here
-            held = exchange.step(Reply())
+                return call  # the attempt ends here
+            held = attempt.step(Reply())
             if held is None:
                 return call
 
@@ -139,15 +139,15 @@ class _AioInterceptor(grpc_aio.UnaryUnaryClientInterceptor):  # type: ignore[mis
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
-        exchange = _exchange(self.flow, details)
-        if exchange is None:
+        attempt = _attempt(self.flow, details)
+        if attempt is None:
             return await continuation(details, request)
-        held = await exchange.astep(to_thread=asyncio.to_thread)
+        held = await attempt.astep(to_thread=asyncio.to_thread)
         while True:
             call = await continuation(details, request)
             if await call.code() != grpc.StatusCode.UNAUTHENTICATED:
-                return call  # the exchange ends here
-            held = await exchange.astep(Reply(), to_thread=asyncio.to_thread)
+                return call  # the attempt ends here
+            held = await attempt.astep(Reply(), to_thread=asyncio.to_thread)
             if held is None:
                 return call
 

@@ -28,7 +28,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("sa_token.httpx needs the httpx package: pip install 'sa-token[httpx]'") from exc
 
-from ._flow import AUTHORIZATION, UNAUTHORIZED, BearerFlow, Exchange, Reply, bearer
+from ._flow import AUTHORIZATION, UNAUTHORIZED, Attempt, BearerFlow, Reply, bearer
 
 if TYPE_CHECKING:
     import ssl
@@ -66,17 +66,17 @@ class TokenAuth(httpx.Auth):
     def __repr__(self) -> str:
         return f"sa_token.httpx.TokenAuth({self.flow!r})"
 
-    def _exchange(self, request: httpx.Request) -> Optional[Exchange]:
-        return self.flow.exchange(
+    def _attempt(self, request: httpx.Request) -> Optional[Attempt]:
+        return self.flow.attempt(
             None if self.flow.hosts is None else str(request.url),  # None: every host is allowed
             has_authorization=AUTHORIZATION in request.headers,
             replayable=lambda: _replayable(request),
         )
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        exchange = self._exchange(request)
-        held = exchange.step() if exchange is not None else None
-        if exchange is None or held is None:
+        attempt = self._attempt(request)
+        held = attempt.step() if attempt is not None else None
+        if attempt is None or held is None:
             yield request
             return
         while held is not None:
@@ -84,12 +84,12 @@ class TokenAuth(httpx.Auth):
             response = yield request
             if response.status_code != UNAUTHORIZED:
                 return  # the answer stands: nothing for the flow to do
-            held = exchange.step(_reply(response))
+            held = attempt.step(_reply(response))
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        exchange = self._exchange(request)
-        held = await exchange.astep(to_thread=to_thread.run_sync) if exchange is not None else None
-        if exchange is None or held is None:
+        attempt = self._attempt(request)
+        held = await attempt.astep(to_thread=to_thread.run_sync) if attempt is not None else None
+        if attempt is None or held is None:
             yield request
             return
         while held is not None:
@@ -97,7 +97,7 @@ class TokenAuth(httpx.Auth):
             response = yield request
             if response.status_code != UNAUTHORIZED:
                 return
-            held = await exchange.astep(_reply(response), to_thread=to_thread.run_sync)
+            held = await attempt.astep(_reply(response), to_thread=to_thread.run_sync)
 
 
 def _reply(response: httpx.Response) -> Reply:

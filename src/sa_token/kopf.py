@@ -105,8 +105,8 @@ class LoginHandler:
         return f"sa_token.kopf.LoginHandler({source!r})"
 
     async def login(self, **kwargs: Any) -> kopf.ConnectionInfo:  # noqa: ARG002 - kopf's logger, memo...
-        started = time.time()
-        found, tok, pem = await asyncio.to_thread(self._read, started)
+        started = time.time()  # wall-clock time, as kopf's expiration is
+        found, tok, pem = await asyncio.to_thread(self._read)
         if self._last is not None and tok.value == self._last.value and started < self._last_until:
             # kopf logs in before the last credentials expired: they were rejected (a 401), and
             # the file has nothing newer. Wait for the kubelet (or the backoff), then go on.
@@ -117,8 +117,7 @@ class LoginHandler:
                 "waiting up to %.0fs for the kubelet's next token", found.source.path, delay,
             )
             await _rotation(found.source, delay)
-            started = time.time()
-            found, tok, pem = await asyncio.to_thread(self._read, started)
+            found, tok, pem = await asyncio.to_thread(self._read)
         else:
             self._rejections = 0
         expiration = self._expiration(tok, found.source)
@@ -133,13 +132,14 @@ class LoginHandler:
             priority=PRIORITY,
         )
 
-    def _read(self, started: float) -> tuple[InCluster, Token, str]:
+    def _read(self) -> tuple[InCluster, Token, str]:
         """In a worker thread: find the cluster (once), re-read the token, the CA bundle."""
         with self._lock:
             if self._found is None:
                 self._found = resolve(*self._args, NotInClusterError)
         found = self._found
-        found.source.invalidate(older_than=started)  # a login may follow a 401: look at the file
+        if self._last is not None:  # a login may follow a 401 of the last one: look at the file
+            found.source.invalidate_if(self._last)
         # base64 of the PEM, like a kubeconfig's certificate-authority-data: every kopf version
         # takes it (kopf < 1.39 only that, later ones also the PEM itself).
         return found, found.source.current(), base64.b64encode(found.ca.pem).decode("ascii")

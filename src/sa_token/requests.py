@@ -29,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "sa_token.requests needs the requests package: pip install 'sa-token[requests]'"
     ) from exc
 
-from ._flow import AUTHORIZATION, UNAUTHORIZED, BearerFlow, Exchange, Reply, bearer
+from ._flow import AUTHORIZATION, UNAUTHORIZED, Attempt, BearerFlow, Reply, bearer
 from ._urllib3 import pool_context
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class TokenAuth(AuthBase):
       str and seekable file bodies are replayed; a generator or other one-shot body is not,
       and the 401 is returned). The first response is in ``response.history``.
 
-    One instance can be shared by any number of threads and sessions: each request's exchange
+    One instance can be shared by any number of threads and sessions: each request's attempt
     lives in its own response hook.
     """
 
@@ -66,26 +66,26 @@ class TokenAuth(AuthBase):
         return f"sa_token.requests.TokenAuth({self.flow!r})"
 
     def __call__(self, r: PreparedRequest) -> PreparedRequest:
-        exchange = self.flow.exchange(
+        attempt = self.flow.attempt(
             r.url or "", has_authorization=AUTHORIZATION in r.headers, replayable=_Rewind(r.body)
         )
-        if exchange is None:
+        if attempt is None:
             return r
-        held = exchange.step()
+        held = attempt.step()
         assert held is not None  # the first step always reads a token (or raises)
         r.headers[AUTHORIZATION] = bearer(held)
-        r.hooks["response"].append(_RetryOn401(exchange))
+        r.hooks["response"].append(_RetryOn401(attempt))
         return r
 
 
 class _RetryOn401:
     """The response hook of one request. requests calls it for every hop of a redirect chain
-    (``PreparedRequest.copy()`` carries it along); the exchange hears only the final answer,
+    (``PreparedRequest.copy()`` carries it along); the attempt hears only the final answer,
     and judges whether that request still carried our token (requests drops the header on a
     redirect to another host)."""
 
-    def __init__(self, exchange: Exchange) -> None:
-        self.exchange = exchange
+    def __init__(self, attempt: Attempt) -> None:
+        self.attempt = attempt
 
     def __repr__(self) -> str:
         return "<sa_token.requests 401 hook>"
@@ -94,7 +94,7 @@ class _RetryOn401:
         if r.is_redirect or r.status_code != UNAUTHORIZED:
             return r  # the answer stands: nothing for the flow to do
         prep = r.request
-        held = self.exchange.step(Reply(prep.url, prep.headers.get(AUTHORIZATION)))
+        held = self.attempt.step(Reply(prep.url, prep.headers.get(AUTHORIZATION)))
         if held is None:
             return r
         # As HTTPDigestAuth.handle_401: release the connection, copy, resend on the same adapter.
