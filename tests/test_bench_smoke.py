@@ -98,6 +98,7 @@ def test_hot_path_reports_every_candidate(result: dict[str, Any]) -> None:
         "k8s_get_api_key",
         "constant",
         "clock",
+        "clock_bound",
     }
     assert set(hot["median_ns"]) == expected
     assert all(v > 0 for v in hot["median_ns"].values())

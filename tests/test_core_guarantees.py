@@ -429,7 +429,7 @@ def test_rereads_replace_their_deadline_instead_of_piling_up(
     heap until its own due time: at a kubelet's 5 ms rotations that was ~700 entries (120 KB)
     every 4 s, freed only minutes later. The heap stays within twice the live deadlines, and
     live deadlines (this source's and another's) survive the compactions and still fire."""
-    from sa_token._hub import _COMPACT_MIN
+    from sa_token._deadlines import COMPACT_MIN as _COMPACT_MIN
 
     other_volume = ProjectedVolume(tmp_path / "other")
     for vol in (projected_volume, other_volume):

@@ -3,9 +3,11 @@ fails without it."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 import pytest
 
@@ -94,3 +96,122 @@ def test_invalidate_if_only_invalidates_the_token_it_names(tmp_path: Path, token
         assert src.token() == new.value
     finally:
         src.close()
+
+
+# ----------------------------------------------------------------------- one error tree -----
+def test_one_except_catches_every_exchange_failure() -> None:
+    """One ExchangeError in sa_token.errors: Vault's and every cloud's errors subclass it (an
+    ``except sa_token.aws.ExchangeError`` missed Vault before)."""
+    import importlib
+
+    import sa_token
+    from sa_token import errors
+
+    assert sa_token.ExchangeError is errors.ExchangeError
+    assert issubclass(errors.ExchangeError, sa_token.TokenError)
+    found = 0
+    for module, names in [
+        ("sa_token.vault", ["VaultLoginError"]),
+        ("sa_token.aws", ["STSError", "ExchangeError"]),
+        ("sa_token.google", ["STSError", "ExchangeError"]),
+        ("sa_token.azure", ["EntraIDError", "ExchangeError"]),
+        ("sa_token.alibabacloud", ["STSError", "ExchangeError"]),
+    ]:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        for name in names:
+            assert issubclass(getattr(mod, name), errors.ExchangeError), (module, name)
+            found += 1
+    assert found
+    err = errors.ExchangeError("refused", status=403, code="AccessDenied", platform="aws", transient=False)
+    assert (err.status, err.code, err.platform, err.transient, err.reason) == (
+        403, "AccessDenied", "aws", False, "exchange-failed"
+    )
+
+
+# ----------------------------------------------------------------------- one clock ----------
+def test_the_hub_sleeps_on_boottime_and_validity_uses_wall_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's clock keeps counting through a suspension (CLOCK_BOOTTIME where the OS has
+    it); the validity clock is time.time, looked up at each call."""
+    from sa_token import _clock, _hub
+
+    assert _hub._mono is _clock.mono
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        assert abs(_clock.mono() - time.clock_gettime(time.CLOCK_BOOTTIME)) < 1.0
+    monkeypatch.setattr(time, "time", lambda: 42.0)
+    assert _clock.wall() == 42.0 and _clock.now(None) == 42.0 and _clock.now(lambda: 7.0) == 7.0
+
+
+# ----------------------------------------------------------------------- the deadline heap --
+def test_the_deadline_heap_answers_as_a_simple_model() -> None:
+    """`Deadlines` against a dict model (slot -> due, plus a list of slotless entries) under
+    random pushes, replacements, cancellations and pops: the same functions fire, in order, the
+    live count and the next due time agree, and compaction keeps the heap within bounds."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+    from sa_token._deadlines import Deadlines
+
+    compact_min = 4  # reached within a run of 60 steps
+    slots = st.integers(0, 7)
+    times = st.integers(0, 50).map(float)
+
+    class Model(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.real = Deadlines(compact_min=compact_min)
+            self.slotted: dict[int, tuple[float, int]] = {}  # slot -> (due, order)
+            self.free: list[tuple[float, int]] = []  # slotless (due, order)
+            self.order = 0
+            self.fired: list[int] = []
+
+        def _fire(self, order: int) -> Any:
+            return lambda: self.fired.append(order)
+
+        @rule(due=times, slot=st.one_of(st.none(), slots))
+        def push(self, due: float, slot: Optional[int]) -> None:
+            self.order += 1
+            self.real.push(due, self._fire(self.order), slot)
+            if slot is None:
+                self.free.append((due, self.order))
+            else:
+                self.slotted[slot] = (due, self.order)
+
+        @rule(slot=slots)
+        def cancel_it(self, slot: int) -> None:
+            self.real.cancel(slot)
+            self.slotted.pop(slot, None)
+
+        @rule(slot=slots)
+        def push_infinite(self, slot: int) -> None:  # an infinite delay only cancels
+            self.real.push(math.inf, lambda: None, slot)
+            self.slotted.pop(slot, None)
+
+        @rule(now=times)
+        def pop(self, now: float) -> None:
+            self.fired = []
+            for f in self.real.pop_due(now):
+                f()
+            entries = [e for e in list(self.slotted.values()) + self.free if e[0] <= now]
+            expected = [order for _, order in sorted(entries)]
+            assert self.fired == expected
+            self.slotted = {s: e for s, e in self.slotted.items() if e[0] > now}
+            self.free = [e for e in self.free if e[0] > now]
+
+        @invariant()
+        def agree(self) -> None:
+            live = list(self.slotted.values()) + self.free
+            assert len(self.real) == len(live)
+            if live:
+                assert self.real.next_due() <= min(d for d, _ in live)
+            for slot, (due, _) in self.slotted.items():
+                assert self.real.due_of(slot) == due
+            assert self.real.size <= max(2 * len(live) + 1, len(live) + compact_min)
+
+    assert hypothesis
+    Model.TestCase.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
+    Model.TestCase().runTest()

@@ -524,8 +524,8 @@ def test_a_forked_child_keeps_its_deadline_numbering(kl: Kubelet, vol: Projected
             try:
                 os.close(r)
                 with HUB.lock:
-                    in_heap = max(e[1] for e in HUB.heap)
-                    upcoming = next(HUB.seq)
+                    in_heap = max(e[1] for e in HUB.deadlines._heap)
+                    upcoming = next(HUB.deadlines._seq)
                 os.write(w, b"ok" if upcoming > in_heap else b"reused")
             finally:
                 os._exit(0)
@@ -631,7 +631,7 @@ def test_public_names() -> None:
     assert sorted(sa_token.__all__) == sorted(
         [
             "DEFAULT_TOKEN_PATH", "AudienceMismatchError", "CABundle", "CAFileError", "IssuerMismatchError",
-            "ConfigurationError", "ThreadStartError", "MalformedTokenError",
+            "ConfigurationError", "ExchangeError", "ThreadStartError", "MalformedTokenError",
             "Token", "TokenError", "TokenExpiredError", "TokenFileError", "TokenNotYetValidError",
             "TokenSource", "TokenStatus", "TokenValidationError", "__version__",
         ]

@@ -22,6 +22,7 @@ from ._version import __version__
 from .errors import (
     AudienceMismatchError,
     ConfigurationError,
+    ExchangeError,
     IssuerMismatchError,
     MalformedTokenError,
     ThreadStartError,
@@ -38,6 +39,7 @@ __all__ = [
     "CABundle",
     "CAFileError",
     "ConfigurationError",
+    "ExchangeError",
     "IssuerMismatchError",
     "MalformedTokenError",
     "Token",

@@ -27,11 +27,10 @@ import logging
 import math
 import os
 import ssl
-import time
 import weakref
 from typing import Callable, Optional, Union
 
-from . import _fmt
+from . import _clock, _fmt
 from ._hub import HUB, HubFile
 from ._locks import Notes, inside
 from ._read import describe, read_bounded
@@ -298,8 +297,7 @@ class CABundle:
 
     # ------------------------------------------------------------------ internals --------
     def _now(self) -> float:
-        clock = self._clock
-        return time.time() if clock is None else clock()
+        return _clock.now(self._clock)
 
     def _maybe_check(self) -> None:
         if not self._closed and self._now() >= self._state.next_check:

@@ -17,49 +17,13 @@ from typing import Optional
 from . import _fmt
 from ._source import TokenSource, require_source
 from ._validity import Expectations, binding_error
-from .errors import AudienceMismatchError, ConfigurationError, TokenError
+from .errors import AudienceMismatchError, ConfigurationError, ExchangeError
 
 __all__ = ["ConfigurationError", "ExchangeError", "platform_source", "scrub", "setting"]
 
 # A server's error text is shown up to this length: enough for any STS message (AADSTS texts
 # run to about 400 characters with their trace ids), short of flooding a log line.
 MAX_SHOWN_ERROR = 600
-
-
-class ExchangeError(TokenError):
-    """A cloud token service refused to exchange the projected token.
-
-    ``code`` is the platform's own error code (``InvalidIdentityToken``, ``AADSTS700024``,
-    ``AuthenticationFail.OIDCToken.Expired``, ``invalid_grant``...), ``platform`` one of
-    ``"aws"``, ``"alibabacloud"``, ``"azure"``, ``"google"``, ``status`` the HTTP status.
-    The message quotes the service's explanation; it never contains the token.
-    """
-
-    reason = "exchange-rejected"
-    code: Optional[str] = None
-    platform = ""
-    status: Optional[int] = None
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: Optional[str] = None,
-        reason: Optional[str] = None,
-        code: Optional[str] = None,
-        platform: str = "",
-        status: Optional[int] = None,
-    ) -> None:
-        super().__init__(message, path=path, reason=reason)
-        self._set(path, code, platform, status)
-
-    def _set(self, path: Optional[str], code: Optional[str], platform: str, status: Optional[int]) -> None:
-        # For the subclasses whose SDK error runs __init__ first: fill in what it cannot pass.
-        self.path, self.code, self.platform, self.status = path, code, platform, status
-        self.reason = type(self).reason
-
-    def _extra(self) -> dict[str, object]:
-        return {"reason": self.reason, "code": self.code, "platform": self.platform, "status": self.status}
 
 
 def scrub(text: object) -> str:

@@ -31,8 +31,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
-import heapq
-import itertools
 import logging
 import math
 import os
@@ -44,7 +42,8 @@ import time
 import weakref
 from typing import Callable, Optional, TypeVar
 
-from . import _fmt
+from . import _clock, _fmt
+from ._deadlines import Deadlines
 from ._locks import Notes, OwnedLock, inside, say
 from .errors import ThreadStartError
 
@@ -68,10 +67,6 @@ MAX_SLEEP = 86400.0
 # inotify_init1 failures that free descriptors or memory cure (the open-file limit, the node's
 # instance limit, memory): retried with backoff (REARM_FIRST doubling to REARM_MAX).
 _TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
-# Compact the deadline heap once replaced entries outnumber the live ones (and are this many):
-# each re-read replaces its source's entry, so without it the heap would grow with the read rate
-# (a kubelet rotating every 5 ms left ~700 dead entries, 120 KB, per 4 s), freed only when due.
-_COMPACT_MIN = 64
 # One read of the inotify descriptor: room for ~2000 events, more than a burst of rotations makes.
 _READ_SIZE = 64 * 1024
 
@@ -97,13 +92,7 @@ try:  # the three inotify calls (CDLL: may release the GIL), and read() keeping 
 except (OSError, AttributeError) as _exc:  # pragma: no cover - not Linux
     _NO_INOTIFY = f"inotify is not available on this platform ({_exc})"
 
-# The hub's own monotonic clock. Not `time.monotonic`, which freezegun replaces: a test that
-# freezes time must not freeze the thread's sleeps (deadlines are converted at scheduling).
-_mono: Callable[[], float] = (
-    functools.partial(time.clock_gettime, time.CLOCK_MONOTONIC)
-    if hasattr(time, "clock_gettime")
-    else time.perf_counter
-)
+_mono = _clock.mono  # the hub's clock for sleeping (CLOCK_BOOTTIME where there is one)
 
 F = TypeVar("F", bound="HubFile")
 
@@ -213,13 +202,7 @@ class Hub:
         self.tracked: weakref.WeakSet[HubFile] = weakref.WeakSet()  # every lock holder, for fork
         self.dirs: dict[str, _DirWatch] = {}
         self.wds: dict[int, list[_DirWatch]] = {}  # two paths to one directory share its wd
-        # (due, seq, fire, slot). An entry with a slot is live while slots[slot] is its seq; one
-        # scheduled again for the same slot replaces it (it stays in the heap, skipped, counted in
-        # `replaced`, until popped or compacted away).
-        self.heap: list[tuple[float, int, Callable[[], None], Optional[object]]] = []
-        self.slots: dict[object, int] = {}
-        self.replaced = 0
-        self.seq = itertools.count()
+        self.deadlines = Deadlines()  # on the hub's clock (`_mono`); carried over a fork whole
         # Work queued without the lock (finalizers, a close() re-entered under our own lock):
         # releases (file, watch, deadline slot), done under the lock by the next registration or
         # the thread; and calls, made by the thread outside the lock.
@@ -341,26 +324,12 @@ class Hub:
 
     def _schedule(self, delay: float, fire: Callable[[], None], slot: Optional[object] = None) -> None:
         due = _mono() + max(0.0, delay) if math.isfinite(delay) else math.inf
-        if slot is not None:
-            self._drop(slot)
-        if due == math.inf:
-            return
-        seq = next(self.seq)
-        if slot is not None:
-            self.slots[slot] = seq
-        heapq.heappush(self.heap, (due, seq, fire, slot))
+        self.deadlines.push(due, fire, slot)
         if due < self.sleeping_until:
             self._poke()
 
     def _drop(self, slot: object) -> None:
-        if self.slots.pop(slot, None) is None:
-            return
-        self.replaced += 1
-        if self.replaced >= _COMPACT_MIN and 2 * self.replaced > len(self.heap):
-            slots = self.slots
-            self.heap = [e for e in self.heap if e[3] is None or slots.get(e[3]) == e[1]]
-            heapq.heapify(self.heap)
-            self.replaced = 0
+        self.deadlines.cancel(slot)
 
     def ensure_running(self) -> None:
         """Start what this process needs (the thread; in a forked child, on its first use, also
@@ -513,8 +482,8 @@ class Hub:
                 "inotify_instances": 0 if self.inotify_fd is None else 1,
                 "watched_directories": len(self.dirs),
                 "files": len(self.files),
-                "deadlines": len(self.heap) - self.replaced,
-                "heap_entries": len(self.heap),
+                "deadlines": len(self.deadlines),
+                "heap_entries": self.deadlines.size,
             }
 
     # ------------------------------------------------------------------ the thread ---------
@@ -597,19 +566,12 @@ class Hub:
                 return polled
             self._release_deferred()
             now = _mono()
-            due: list[Callable[[], None]] = []
-            while self.heap and self.heap[0][0] <= now:
-                _, seq, fire, slot = heapq.heappop(self.heap)
-                if slot is not None:
-                    if self.slots.get(slot) != seq:
-                        self.replaced -= 1  # replaced or cancelled since
-                        continue
-                    del self.slots[slot]
-                due.append(fire)
+            due = self.deadlines.pop_due(now)
             wake_r = self.wake_r
             assert wake_r is not None  # the thread runs only once started
             fds = {wake_r} if self.inotify_fd is None else {wake_r, self.inotify_fd}
-            timeout = min(self.heap[0][0] - now, MAX_SLEEP) if self.heap else math.inf
+            next_due = self.deadlines.next_due()
+            timeout = min(next_due - now, MAX_SLEEP) if next_due < math.inf else math.inf
             busy = bool(due or self.later or self.deferred)
             self.sleeping_until = -math.inf if busy else now + timeout
         self._say()
@@ -689,8 +651,8 @@ class Hub:
         registration) starts what the child needs and re-reads every file once."""
         self.lock.release()  # taken by _before_fork in this thread: its count of held locks too
         tracked = list(self.tracked)
-        # Registrations and deadlines carry over (seq too: it tells a slot's live entry apart).
-        kept = (self.files, self.dirs, self.heap, self.slots, self.replaced, self.seq, self._fork_hooks)
+        # Registrations and deadlines carry over (the deadlines whole, their numbering too).
+        kept = (self.files, self.dirs, self.deadlines, self._fork_hooks)
         for fd in (self.inotify_fd, self.wake_r, self.wake_w):  # ours are copies: close, never use
             if fd is not None:
                 try:
@@ -698,7 +660,7 @@ class Hub:
                 except OSError:
                     pass
         self._init()
-        self.files, self.dirs, self.heap, self.slots, self.replaced, self.seq, self._fork_hooks = kept
+        self.files, self.dirs, self.deadlines, self._fork_hooks = kept
         self.started = False
         for dw in self.dirs.values():
             dw.wd = None

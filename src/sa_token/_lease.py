@@ -1,7 +1,7 @@
 """Keep a credential obtained by exchanging the projected token valid: the flow every exchange shares.
 
 An *exchange* (Vault's Kubernetes or JWT auth method, a cloud STS) turns the projected token
-into a credential with a lifetime (`Exchange.login`), and may extend it (`Exchange.renew`).
+into a credential with a lifetime (`Authenticator.login`), and may extend it (`Authenticator.renew`).
 [`LeaseKeeper`][sa_token._lease.LeaseKeeper] decides when to do which, in a thread of its own,
 so that readers never wait for a renewal:
 
@@ -31,18 +31,17 @@ import logging
 import math
 import random
 import threading
-import time
 import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
 
-from . import _fmt
+from . import _clock, _fmt
 from ._hub import at_fork_in_child
 from ._locks import Notes, OwnedLock, inside, say
 from ._token import Token
-from .errors import TokenError
+from .errors import ExchangeError, TokenError
 
-__all__ = ["Exchange", "ExchangeError", "Grant", "Lease", "LeaseKeeper"]
+__all__ = ["Authenticator", "ExchangeError", "Grant", "Lease", "LeaseKeeper"]
 
 log = logging.getLogger("sa_token")
 
@@ -72,40 +71,6 @@ WAIT_POLL = 30.0
 MAX_SLEEP = 60.0
 
 
-class ExchangeError(TokenError):
-    """The exchange failed: the server refused (``transient=False``: a configuration to fix) or
-    could not answer (``transient=True``: unreachable, sealed, 5xx).
-
-    ``status`` is the server's HTTP status (``None`` when there was no answer) and
-    ``server_message`` the server's own error text.
-    """
-
-    reason = "exchange-failed"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: Optional[str] = None,
-        reason: Optional[str] = None,
-        transient: bool = False,
-        status: Optional[int] = None,
-        server_message: Optional[str] = None,
-    ) -> None:
-        super().__init__(message, path=path, reason=reason)
-        self.transient = transient
-        self.status = status
-        self.server_message = server_message
-
-    def _extra(self) -> dict[str, object]:
-        return {
-            "reason": self.reason,
-            "transient": self.transient,
-            "status": self.status,
-            "server_message": self.server_message,
-        }
-
-
 @dataclass(frozen=True)
 class Grant(Generic[C]):
     """What a login or a renewal returned: the credential (whose ``repr`` must hide its secret),
@@ -116,9 +81,9 @@ class Grant(Generic[C]):
     renewable: bool
 
 
-class Exchange(Protocol[C]):
+class Authenticator(Protocol[C]):
     """The calls a [`LeaseKeeper`][sa_token._lease.LeaseKeeper] makes; each raises
-    [`ExchangeError`][sa_token._lease.ExchangeError] (of the integration's subclass) on failure."""
+    [`ExchangeError`][sa_token.errors.ExchangeError] (of the integration's subclass) on failure."""
 
     def login(self, token: Token) -> Grant[C]:
         """Exchange the projected token for a credential."""
@@ -176,7 +141,7 @@ class LeaseKeeper(Generic[C]):
     def __init__(
         self,
         source: _Source,
-        exchange: Exchange[C],
+        exchange: Authenticator[C],
         *,
         name: str,
         renewal_needs_login_token: bool = False,
@@ -609,7 +574,7 @@ class LeaseKeeper(Generic[C]):
 
     # ------------------------------------------------------------------ internals --------
     def _now(self) -> float:
-        return self._clock() if self._clock is not None else time.time()
+        return _clock.now(self._clock)
 
 
 class _Source(Protocol):

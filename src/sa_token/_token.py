@@ -12,7 +12,6 @@ import binascii
 import json
 import math
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -20,7 +19,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Optional
 
-from . import _fmt
+from . import _clock, _fmt
 from .errors import MalformedTokenError
 
 __all__ = ["Token", "parse_token"]
@@ -133,7 +132,7 @@ class Token:
         exp = self.claims.get("exp")
         if exp is None:
             return None
-        return _timedelta(exp - (_now() if now is None else now))
+        return _timedelta(exp - (_clock.wall() if now is None else now))
 
     @cached_property
     def rotation_due_at(self) -> Optional[datetime]:
@@ -190,10 +189,6 @@ class Token:
         exp = self.expires_at
         parts.append(f"expires_at={exp.isoformat() if exp else None!r}")
         return f"Token({', '.join(parts)})"
-
-
-def _now() -> float:
-    return time.time()
 
 
 def _rebuild_token(value: str, claims: dict[str, Any], header: dict[str, Any]) -> Token:

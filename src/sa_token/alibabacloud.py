@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'sa-token[alibabacloud]'"
     ) from exc
 
-from . import _fmt
+from . import _clock, _fmt
 from ._cloud import ConfigurationError, ExchangeError, platform_source, scrub, setting
 from ._observe import track_credential
 from ._source import TokenSource
@@ -57,7 +57,9 @@ TIMEOUTS = {"connectTimeout": 5000, "readTimeout": 10000}  # milliseconds, the S
 class STSError(CredentialException, ExchangeError):  # type: ignore[misc]
     """STS refused the token: a `CredentialException` whose `code` is Alibaba's `Code`
     (`AuthenticationFail.OIDCToken.Expired`, `...AudienceNotMatch`, `AuthenticationFail.NoPermission`...)
-    and an [`ExchangeError`][sa_token._cloud.ExchangeError]."""
+    and an [`ExchangeError`][sa_token.errors.ExchangeError]."""
+
+    reason = "exchange-rejected"
 
     def __init__(
         self, message: str, *, code: Optional[str], status: int, path: str, request_id: Optional[str]
@@ -109,7 +111,7 @@ class RRSACredentialsProvider(ICredentialsProvider):  # type: ignore[misc]
             ),
             "RoleSessionName": role_session_name
             or os.environ.get("ALIBABA_CLOUD_ROLE_SESSION_NAME")
-            or f"sa-token-{int(time.time())}",
+            or f"sa-token-{int(_clock.wall())}",
             "DurationSeconds": str(duration_seconds),
         }
         region = os.environ.get("ALIBABA_CLOUD_STS_REGION")

@@ -52,7 +52,9 @@ AUDIENCE = "sts.amazonaws.com"  # what the EKS Pod Identity webhook puts in the 
 class STSError(ClientError, ExchangeError):  # type: ignore[misc]
     """STS refused the web identity token: a botocore `ClientError` (same `response`, same
     code: `InvalidIdentityToken`, `ExpiredTokenException`, `AccessDenied`...) that is also an
-    [`ExchangeError`][sa_token._cloud.ExchangeError] naming the token file."""
+    [`ExchangeError`][sa_token.errors.ExchangeError] naming the token file."""
+
+    reason = "exchange-rejected"
 
     def __init__(self, error_response: dict[str, Any], operation_name: str, *, path: Optional[str] = None):
         ClientError.__init__(self, error_response, operation_name)  # runs ExchangeError.__init__ too

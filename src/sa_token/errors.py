@@ -13,6 +13,9 @@ TokenError                          base of everything below
 │   ├── TokenNotYetValidError       ``nbf``/``iat`` lies in the future beyond the leeway
 │   ├── AudienceMismatchError       ``aud`` does not contain the expected audience
 │   └── IssuerMismatchError         ``iss`` is not the expected issuer
+├── ExchangeError                   a login or token exchange failed: Vault's login
+│   │                               (``VaultLoginError``), a cloud token service (``STSError``,
+│   │                               ``EntraIDError``); ``transient``: unreachable, sealed, 5xx
 ├── ConfigurationError              (also a ValueError) a required setting is neither passed
 │                                   nor in its environment variable
 └── ThreadStartError                (also a RuntimeError) a thread sa-token needs cannot start
@@ -35,6 +38,7 @@ from typing import Any, Optional
 __all__ = [
     "AudienceMismatchError",
     "ConfigurationError",
+    "ExchangeError",
     "IssuerMismatchError",
     "MalformedTokenError",
     "TokenError",
@@ -156,6 +160,60 @@ class IssuerMismatchError(TokenValidationError):
     """The token's ``iss`` claim is not the expected issuer."""
 
     reason = "issuer-mismatch"
+
+
+class ExchangeError(TokenError):
+    """A login or exchange of the projected token failed: Vault (`VaultLoginError`) or a
+    cloud's token service (the `STSError`s, `EntraIDError`). One class, so one ``except``
+    catches every exchange failure.
+
+    ``transient`` is true when the server could not answer (unreachable, sealed, 5xx: trying
+    again may work) and false when it refused (a configuration to fix). ``status`` is the HTTP
+    status (``None`` without an answer), ``code`` the platform's own error code
+    (``InvalidIdentityToken``, ``AADSTS700024``, ``invalid_grant``...), ``platform`` one of
+    ``"vault"``, ``"aws"``, ``"alibabacloud"``, ``"azure"``, ``"google"`` (``""``: not said),
+    ``server_message`` the server's own error text (through sa-token's formatter: no token).
+    """
+
+    reason = "exchange-failed"
+    transient = False
+    status: Optional[int] = None
+    code: Optional[str] = None
+    platform = ""
+    server_message: Optional[str] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Optional[str] = None,
+        reason: Optional[str] = None,
+        transient: bool = False,
+        status: Optional[int] = None,
+        code: Optional[str] = None,
+        platform: str = "",
+        server_message: Optional[str] = None,
+    ) -> None:
+        super().__init__(message, path=path, reason=reason)
+        self.transient, self.server_message = transient, server_message
+        self._set(path, code, platform or type(self).platform, status)
+        if reason is not None:
+            self.reason = reason
+
+    def _set(self, path: Optional[str], code: Optional[str], platform: str, status: Optional[int]) -> None:
+        # For the subclasses whose SDK error runs __init__ first: fill in what it cannot pass.
+        self.path, self.code, self.platform, self.status = path, code, platform, status
+        self.reason = type(self).reason
+
+    def _extra(self) -> dict[str, object]:
+        return {
+            "reason": self.reason,
+            "transient": self.transient,
+            "status": self.status,
+            "code": self.code,
+            "platform": self.platform,
+            "server_message": self.server_message,
+        }
 
 
 class ConfigurationError(TokenError, ValueError):

@@ -44,8 +44,10 @@ DEFAULT_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 
 class STSError(exceptions.OAuthError, ExchangeError):
     """Google's STS refused the token: an `OAuthError` (what google-auth raises) that is also
-    an [`ExchangeError`][sa_token._cloud.ExchangeError] whose `code` is the OAuth error
+    an [`ExchangeError`][sa_token.errors.ExchangeError] whose `code` is the OAuth error
     (`invalid_grant`: wrong audience, expired, unknown issuer; `invalid_request`...)."""
+
+    reason = "exchange-rejected"
 
     def __init__(self, message: str, *, code: Optional[str], path: Optional[str]) -> None:
         super().__init__(message)  # type: ignore[no-untyped-call]

@@ -36,7 +36,6 @@ import base64
 import logging
 import os
 import threading
-import time
 from collections.abc import Awaitable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional, Union
@@ -46,6 +45,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("sa_token.kopf needs the kopf package: pip install 'sa-token[kopf]'") from exc
 
+from . import _clock
 from ._ca import CABundle
 from ._incluster import DEFAULT_CA_PATH, DEFAULT_TOKEN_PATH, NAMESPACE_NEXT_TO_TOKEN, InCluster, resolve
 from ._source import TokenSource, require_source
@@ -105,7 +105,7 @@ class LoginHandler:
         return f"sa_token.kopf.LoginHandler({source!r})"
 
     async def login(self, **kwargs: Any) -> kopf.ConnectionInfo:  # noqa: ARG002 - kopf's logger, memo...
-        started = time.time()  # wall-clock time, as kopf's expiration is
+        started = _clock.wall()  # wall-clock time, as kopf's expiration is
         found, tok, pem = await asyncio.to_thread(self._read)
         if self._last is not None and tok.value == self._last.value and started < self._last_until:
             # kopf logs in before the last credentials expired: they were rejected (a 401), and
@@ -145,7 +145,7 @@ class LoginHandler:
         return found, found.source.current(), base64.b64encode(found.ca.pem).decode("ascii")
 
     def _expiration(self, tok: Token, source: TokenSource) -> datetime:
-        now = time.time()
+        now = _clock.wall()
         due = tok.rotation_due_at
         until = due.timestamp() if due is not None else now + source.refresh_interval
         if until <= now:  # the kubelet is late: look again soon, within the token's life

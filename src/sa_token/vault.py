@@ -30,11 +30,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("sa_token.vault needs the hvac package: pip install 'sa-token[vault]'") from exc
 
 from . import _fmt
-from ._lease import ExchangeError, Grant, Lease, LeaseKeeper
+from ._lease import Grant, Lease, LeaseKeeper
 from ._observe import count_auth_retry, track_credential
 from ._source import TokenSource, require_source
 from ._token import Token
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ExchangeError
 
 __all__ = ["VaultAuth", "VaultLease", "VaultLoginError"]
 
@@ -80,6 +80,7 @@ class VaultLoginError(ExchangeError):
     """
 
     reason = "rejected"
+    platform = "vault"
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class _Issued:
 
 
 class _Vault:
-    """The exchange (`sa_token._lease.Exchange`): Vault's calls through hvac's adapter."""
+    """The authenticator (`sa_token._lease.Authenticator`): Vault's calls through hvac's adapter."""
 
     def __init__(self, url: str, role: str, mount: str, path: str, **adapter: Any) -> None:
         self.url, self.role, self.mount, self.path = url, role, mount, path

@@ -42,12 +42,14 @@ _OAUTH = re.compile(r"\((\w+)\)")  # else the OAuth error, as azure-identity wor
 T = TypeVar("T", AccessToken, AccessTokenInfo)
 
 
-class EntraIDError(ClientAuthenticationError, ExchangeError):  # type: ignore[misc]
+class EntraIDError(ClientAuthenticationError, ExchangeError):
     """Microsoft Entra ID refused the assertion: a `ClientAuthenticationError` that is also an
-    [`ExchangeError`][sa_token._cloud.ExchangeError] with the `AADSTS` code
+    [`ExchangeError`][sa_token.errors.ExchangeError] with the `AADSTS` code
     (`AADSTS700024`: not within its valid time range; `AADSTS700212`/`AADSTS70021`: no
     federated credential matches the token's audience, issuer or subject). It carries no
     `response` (its request would hold the token); `.reason` is sa-token's code."""
+
+    reason = "exchange-rejected"
 
     def __init__(self, message: str, *, code: Optional[str], status: Optional[int], path: str) -> None:
         super().__init__(message=message)

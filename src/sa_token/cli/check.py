@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 from typing import Any, Optional
 
-from sa_token import _fmt, _read, _validity
+from sa_token import _clock, _fmt, _read, _validity
 from sa_token._token import Token
 from sa_token.errors import TokenError
 
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             out.json({"path": _fmt.path(args.path), "state": "file-error", "ok": False, "line": line})
         fail(line)
         return EXIT_FILE
-    verdict = evaluate(tok, path, time.time(), audience=args.audience, min_remaining=args.min_remaining)
+    verdict = evaluate(tok, path, _clock.wall(), audience=args.audience, min_remaining=args.min_remaining)
     if args.json:
         out.json(verdict)
     if not verdict["ok"]:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from sa_token import _fmt
+from sa_token import _clock, _fmt
 from sa_token._source import TokenSource
 from sa_token._token import Token, parse_token
 
@@ -110,14 +110,14 @@ class _Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.out = Output()
-        self.start = time.monotonic()
+        self.start = _clock.mono()
         self.calls = 0
         self.failures = 0
         self.reloads = 0
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.start
+        return _clock.mono() - self.start
 
     def emit(self, event: str, *text: Part, **fields: Any) -> None:
         if self.args.json:
@@ -139,7 +139,7 @@ class _Demo:
                     "rotation",
                     ok("rotation"),
                     f"  the client picked up a new token: {short(tok)}, "
-                    f"expires {_fmt.iso(exp)} ({_fmt.relative(exp, time.time())})",
+                    f"expires {_fmt.iso(exp)} ({_fmt.relative(exp, _clock.wall())})",
                     jti=tok.claims.get("jti"),
                     expires_at=_fmt.iso(exp),
                 )

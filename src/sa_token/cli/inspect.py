@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from datetime import timedelta
 from typing import Any, Callable, Optional
 
-from sa_token import _fmt, _read, _validity
+from sa_token import _clock, _fmt, _read, _validity
 from sa_token._token import Token
 from sa_token.errors import TokenError, TokenValidationError
 
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         facts = file_facts(path)
     except OSError as exc:  # the file vanished between the read and the stat
         return _file_error(args, out, f"cannot stat token file {_fmt.path(path)}: {exc.strerror}")
-    now = time.time()
+    now = _clock.wall()
     expect = _validity.Expectations(audiences=None if args.audience is None else (args.audience,))
     problem = _validity.check(tok, now, expect, path)
     report = _report(tok, path, now, problem, facts)

@@ -13,7 +13,7 @@ import queue
 import time
 from typing import Any, Optional
 
-from sa_token import _fmt, _read, _validity
+from sa_token import _clock, _fmt, _read, _validity
 from sa_token._source import TokenSource
 from sa_token._token import Token
 from sa_token.errors import TokenError, TokenExpiredError, TokenValidationError
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
 def _loop(
     args: argparse.Namespace, out: Output, src: TokenSource, events: queue.Queue[tuple[str, Any]]
 ) -> int:
-    start = time.time()
-    deadline = math.inf if args.timeout is None else time.monotonic() + args.timeout
+    start = _clock.wall()
+    deadline = math.inf if args.timeout is None else _clock.mono() + args.timeout
     tok = _latest(src)
     _start(args, out, src, tok, start)
     iat = tok.claims.get("iat")
@@ -89,20 +89,20 @@ def _loop(
             if args.max_rotations is not None and rotations >= args.max_rotations:
                 stop_reason = "max-rotations"
                 break
-            if time.monotonic() >= deadline:
+            if _clock.mono() >= deadline:
                 stop_reason = "timeout"
                 break
             try:
-                kind, payload = events.get(timeout=min(WATCH_TICK, max(0.0, deadline - time.monotonic())))
+                kind, payload = events.get(timeout=min(WATCH_TICK, max(0.0, deadline - _clock.mono())))
             except queue.Empty:
-                now = time.time()
+                now = _clock.wall()
                 problem = _validity.time_error(tok, now, _validity.DEFAULT_LEEWAY, src.path)
                 key = str(tok.claims.get("jti", id(tok)))
                 if isinstance(problem, TokenExpiredError) and expired_reported != key:  # once per token
                     expired_reported = key
                     _event(args, out, "expired", now, message=str(problem))
                 continue
-            now = time.time()
+            now = _clock.wall()
             if kind == "rotation":
                 tok = payload
                 rotations += 1
@@ -114,7 +114,7 @@ def _loop(
         stop_reason = "signal"
     if args.json:
         out.json(
-            {"event": "stop", "at": _fmt.iso(time.time()), "reason": stop_reason, "rotations": rotations}
+            {"event": "stop", "at": _fmt.iso(_clock.wall()), "reason": stop_reason, "rotations": rotations}
         )
     else:
         out.line(f"stopped ({stop_reason}) after {rotations} rotation(s)")
