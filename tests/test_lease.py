@@ -20,6 +20,7 @@ import pytest
 
 from conftest import FakeClock, wait_for
 from sa_token import TokenSource
+from sa_token._hub import HUB
 from sa_token._lease import GRACE_RANGE, RENEW_FRACTION, ExchangeError, Grant, LeaseKeeper
 from sa_token._token import Token
 from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
@@ -232,7 +233,7 @@ def test_unavailable_keeps_the_lease_and_backs_off_with_jitter(world: World, cap
     world.rotate()
     world.clock.advance(lease.expires_at - world.clock.now)  # the lease runs out while down
     before = len(ex.logins)
-    if world.clock.now < k._retry_at:  # inside the backoff: the error at once, no login
+    if world.clock.now < k._plan.retry_at:  # inside the backoff: the error at once, no login
         with pytest.raises(ExchangeError) as info:
             k.current()
         assert info.value.transient and len(ex.logins) == before
@@ -302,7 +303,7 @@ def test_after_a_rotation_the_kubernetes_method_logs_in_with_the_new_token(
     assert first.refresh_at == first.login_token.expires_at.timestamp() - 30  # type: ignore[union-attr]
     clock.advance(480)  # the kubelet's 80%
     new_jti = w.rotate()
-    assert math.isfinite(k._rotation_at) and k._rotation_at - clock.now <= 5.0
+    assert math.isfinite(k._plan.rotation_at) and k._plan.rotation_at - clock.now <= 5.0
     clock.advance(k.step())
     k.step()
     assert ex.logins[-1] == new_jti and k.logins == 2
@@ -379,7 +380,7 @@ def test_a_forked_child_logs_in_for_its_own_credential(tmp_path: Path, token_iss
         try:
             inherited = k.peek()
             at_once = k.current()  # the parent's credential, at once: nothing waits
-            ok = wait_for(lambda: k.logins == 1, timeout=5)
+            ok = wait_for(lambda: k.logins == 1, timeout=5)  # in the background
             own = k.current()
             report = {
                 "inherited_owned": inherited.owned if inherited else None,
@@ -387,7 +388,7 @@ def test_a_forked_child_logs_in_for_its_own_credential(tmp_path: Path, token_iss
                 "logged_in": ok,
                 "own_n": own.credential.n,
                 "own_owned": own.owned,
-                "thread": k._thread is not None and k._thread.is_alive(),
+                "planned": HUB.stats()["deadlines"] >= 1,  # its next renewal, on the hub's heap
             }
             os.write(wfd, json.dumps(report).encode())
         finally:
@@ -397,7 +398,7 @@ def test_a_forked_child_logs_in_for_its_own_credential(tmp_path: Path, token_iss
         report = json.loads(f.read() or "{}")
     os.waitpid(pid, 0)
     assert report == {"inherited_owned": False, "at_once": 1, "logged_in": True, "own_n": 2,
-                      "own_owned": True, "thread": True}
+                      "own_owned": True, "planned": True}
     assert k.current() is parent and parent.owned  # the parent is untouched
     k.close()
     source.close()

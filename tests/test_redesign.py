@@ -215,3 +215,84 @@ def test_the_deadline_heap_answers_as_a_simple_model() -> None:
     assert hypothesis
     Model.TestCase.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
     Model.TestCase().runTest()
+
+
+# ----------------------------------------------------------------------- the lease keeper ---
+class _SlowExchange:
+    """Answers a login 10 s (of the fake clock) after it was sent."""
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.logins = 0
+
+    def login(self, token: Any) -> Any:
+        from sa_token._lease import Grant
+
+        self.logins += 1
+        self.clock.advance(10)
+        return Grant(f"cred-{self.logins}", 60, True)
+
+    def renew(self, credential: Any) -> Any:
+        from sa_token._lease import Grant
+
+        return Grant(credential, 60, True)
+
+    def error(self, message: str, *, reason: str, transient: bool = False) -> Any:
+        from sa_token.errors import ExchangeError
+
+        return ExchangeError(message, reason=reason, transient=transient)
+
+
+def test_a_lease_expires_ttl_after_its_request_left(tmp_path: Path, token_issuer: TokenIssuer) -> None:
+    """The keeper counts the TTL from the clock read before the login was sent: an answer that
+    took 10 s leaves 50 s of a 60 s lease, not 60 (the server's clock started at the request)."""
+    from conftest import FakeClock
+    from sa_token._lease import LeaseKeeper
+
+    clock = FakeClock()
+    path = tmp_path / "token"
+    _write(path, token_issuer.issue(audiences=[AUD], now=clock.now))
+    with TokenSource(path, audience=AUD, clock=clock, watch=False) as src:
+        sent = clock.now
+        k = LeaseKeeper(src, _SlowExchange(clock), name="slow", clock=clock, background=False)
+        assert k.current().expires_at == sent + 60
+        k.close()
+
+
+def test_a_closed_keeper_lets_go_of_its_source(tmp_path: Path, token_issuer: TokenIssuer) -> None:
+    """close() ends the keeper's subscription (and its deadline): the source keeps no callback
+    of it, and the hub no planned action."""
+    from sa_token._hub import HUB
+    from sa_token._lease import LeaseKeeper
+
+    path = tmp_path / "token"
+    _write(path, token_issuer.issue(audiences=[AUD]))
+
+    with TokenSource(path, audience=AUD, watch=False) as src:
+        def active() -> int:
+            return sum(s.callback is not None for s in src._subscribers._subs)
+
+        before, deadlines = active(), HUB.stats()["deadlines"]
+        k = LeaseKeeper(src, _SlowExchange(type("C", (), {"advance": lambda self, s: None})()), name="k")
+        assert active() == before + 1 and HUB.stats()["deadlines"] == deadlines + 1
+        k.close()
+        assert active() == before and HUB.stats()["deadlines"] == deadlines
+
+
+def test_a_request_leaves_the_planned_re_read_to_the_watcher(tmp_path: Path, token_issuer: TokenIssuer) -> None:
+    """Within REQUEST_GRACE after a snapshot's re-read time, token() answers from memory (the
+    watcher thread does the read); only once the thread is that late does a request read."""
+    from conftest import FakeClock
+    from sa_token._source import REQUEST_GRACE
+
+    clock = FakeClock()
+    path = tmp_path / "token"
+    _write(path, token_issuer.issue(audiences=[AUD], now=clock.now, expiration_seconds=3600))
+    with TokenSource(path, audience=AUD, clock=clock, watch=False, refresh_interval=60) as src:
+        reads = src.status().reads
+        clock.advance(60 + REQUEST_GRACE / 2)  # the re-read is due, the grace not yet over
+        src.token()
+        assert src.status().reads == reads
+        clock.advance(REQUEST_GRACE)  # the watcher is later than the grace: the request reads
+        src.token()
+        assert src.status().reads == reads + 1

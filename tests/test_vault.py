@@ -231,10 +231,10 @@ def test_sealed_vault_keeps_the_token_and_backs_off(env: Env, caplog: pytest.Log
     with env.vault("sealed", method="jwt", max_backoff=0.4) as vault:
         accessor = vault.lease.accessor
         env.bao.seal()
-        assert wait_for(lambda: vault._keeper._failures >= 1, timeout=6)  # a renewal met the seal (503)
+        assert wait_for(lambda: vault._keeper._plan.failures >= 1, timeout=6)  # a renewal met the seal (503)
         assert vault.lease.accessor == accessor and vault.token()  # kept, no error yet
         env.bao.unseal()
-        assert wait_for(lambda: vault._keeper.renewals >= 1 and not vault._keeper._failures, timeout=3)
+        assert wait_for(lambda: vault._keeper.renewals >= 1 and not vault._keeper._plan.failures, timeout=3)
         assert vault.lease.accessor == accessor and vault._keeper.logins == 1  # no login needed
         assert read(vault) == {"password": "s3cret"}
         warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

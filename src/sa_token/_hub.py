@@ -20,30 +20,40 @@ One at-fork handler serves the whole process: the child closes its copies of the
 descriptors (without using them: they are shared with the parent), gives every lock-holding
 object a fresh lock, starts its own thread and re-reads every file once.
 
-The kubelet never modifies a projected file: it publishes a new generation by renaming
-``..data_tmp`` over ``..data`` (kubelet ``atomic_writer.go``). So the volume's root directory is
-watched for ``IN_MOVED_TO``/``IN_CREATE`` of ``..data``; plain files are watched through their
-directory, for their own name being created, replaced, closed after writing or deleted.
+What to watch and the inotify calls are in `sa_token._inotify`; the deadline heap is
+`sa_token._deadlines`. The hub keeps the registry, the thread and fork recovery.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import logging
 import math
 import os
 import select
-import struct
 import sys
 import threading
 import time
 import weakref
 from typing import Callable, Optional, TypeVar
 
-from . import _clock, _fmt
+from . import _clock, _fmt, _inotify
 from ._deadlines import Deadlines
+from ._inotify import (
+    DATA_DIR,
+    ENTRY_EVENTS,
+    IN_Q_OVERFLOW,
+    LOST,
+    NO_INOTIFY,
+    REARM_FIRST,
+    REARM_MAX,
+    TRANSIENT_ERRNOS,
+    DirWatch,
+    describe_error,
+    volume_root,
+    watch_targets,
+)
 from ._locks import Notes, OwnedLock, inside, say
 from .errors import ThreadStartError
 
@@ -51,12 +61,6 @@ __all__ = ["DATA_DIR", "HUB", "Hub", "HubFile", "at_fork_in_child", "volume_root
 
 log = logging.getLogger("sa_token")
 
-DATA_DIR = "..data"
-# Retry arming a directory watch that failed (the directory is missing, the watch limit is
-# reached) after this long, doubling up to the cap: a volume usually comes back within seconds,
-# and a process must not spin on a limit that only an administrator can raise.
-REARM_FIRST = 1.0
-REARM_MAX = 60.0
 # After an unexpected error in the watcher thread, pause this long before going on: an error that
 # repeats must not spin a core.
 _ERROR_PAUSE = 0.1
@@ -64,77 +68,9 @@ _ERROR_PAUSE = 0.1
 # and a deadline further out (refresh_interval=1e9) must not overflow it. A day: no idle wake-ups
 # worth counting.
 MAX_SLEEP = 86400.0
-# inotify_init1 failures that free descriptors or memory cure (the open-file limit, the node's
-# instance limit, memory): retried with backoff (REARM_FIRST doubling to REARM_MAX).
-_TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
-# One read of the inotify descriptor: room for ~2000 events, more than a burst of rotations makes.
-_READ_SIZE = 64 * 1024
-
-# inotify(7) masks (stable kernel ABI).
-IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x8, 0x40, 0x80, 0x100, 0x200
-IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
-IN_ONLYDIR, IN_NONBLOCK, IN_CLOEXEC = 0x01000000, os.O_NONBLOCK, getattr(os, "O_CLOEXEC", 0o2000000)
-# Events on a directory's entries that can mean "new content".
-ENTRY_EVENTS = IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM
-_MASK = ENTRY_EVENTS | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
-_LOST = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
-
-try:  # the three inotify calls (CDLL: may release the GIL), and read() keeping it (PyDLL)
-    _LIBC = ctypes.CDLL(None, use_errno=True)
-    _inotify_init1 = _LIBC.inotify_init1
-    _inotify_add_watch = _LIBC.inotify_add_watch
-    _inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-    _inotify_rm_watch = _LIBC.inotify_rm_watch
-    _read_keeping_gil = ctypes.PyDLL(None, use_errno=True).read
-    _read_keeping_gil.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
-    _read_keeping_gil.restype = ctypes.c_ssize_t
-    _NO_INOTIFY: Optional[str] = None
-except (OSError, AttributeError) as _exc:  # pragma: no cover - not Linux
-    _NO_INOTIFY = f"inotify is not available on this platform ({_exc})"
-
 _mono = _clock.mono  # the hub's clock for sleeping (CLOCK_BOOTTIME where there is one)
 
 F = TypeVar("F", bound="HubFile")
-
-
-def volume_root(path: str) -> Optional[str]:
-    """The projected volume's root: the nearest ancestor directory of ``path`` that holds
-    ``..data``; ``None`` for a file outside any projected volume (a ``subPath`` mount, a copy)."""
-    d = os.path.dirname(os.path.abspath(path))
-    while True:
-        if os.path.lexists(os.path.join(d, DATA_DIR)):
-            return d
-        parent = os.path.dirname(d)
-        if parent == d:
-            return None
-        d = parent
-
-
-def watch_targets(path: str) -> dict[str, set[str]]:
-    """The directories to watch for ``path``, each with the entry names that signal new content.
-
-    In a projected volume: its root, for ``..data`` and the path's first element below the root.
-    A plain file: its directory, for its name. A symlink to a file elsewhere (a sidecar rewriting
-    a file that the path links to): the target's volume root for ``..data``, or the target's
-    directory for its name, as well.
-    """
-    targets: dict[str, set[str]] = {}
-
-    def add(p: str) -> Optional[str]:
-        root = volume_root(p)
-        if root is not None:
-            targets.setdefault(root, set()).update({DATA_DIR, os.path.relpath(p, root).split(os.sep)[0]})
-        else:
-            targets.setdefault(os.path.dirname(p), set()).add(os.path.basename(p))
-        return root
-
-    root = add(path)
-    real = os.path.realpath(path)
-    # Inside its own projected volume the path resolves into the current generation's directory,
-    # which the ..data swap replaces: nothing more to watch. Elsewhere, watch the target too.
-    if real != path and (root is None or not real.startswith(root + os.sep)):
-        add(real)
-    return targets
 
 
 class HubFile:
@@ -150,7 +86,7 @@ class HubFile:
         self.lock = OwnedLock()
         self.refs = 0
         self.watch_refs = 0
-        self.dirs: list[_DirWatch] = []
+        self.dirs: list[DirWatch] = []
 
     def refresh(self) -> None:
         raise NotImplementedError
@@ -164,19 +100,6 @@ class HubFile:
     def after_fork_in_child(self) -> None:
         """In a forked child, at the fork: only cheap, local work (no thread, no descriptor)."""
         self.lock = OwnedLock()
-
-
-class _DirWatch:
-    """One directory: its inotify watch (``wd``) and the files interested in its entries."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-        self.wd: Optional[int] = None
-        self.names: dict[str, set[HubFile]] = {}
-        self.rearm_delay = REARM_FIRST
-
-    def files(self) -> set[HubFile]:
-        return {f for fs in self.names.values() for f in fs}
 
 
 class Hub:
@@ -200,8 +123,8 @@ class Hub:
         self.notes = Notes()  # what to log once the lock is released (`_say`)
         self.files: dict[str, HubFile] = {}
         self.tracked: weakref.WeakSet[HubFile] = weakref.WeakSet()  # every lock holder, for fork
-        self.dirs: dict[str, _DirWatch] = {}
-        self.wds: dict[int, list[_DirWatch]] = {}  # two paths to one directory share its wd
+        self.dirs: dict[str, DirWatch] = {}
+        self.wds: dict[int, list[DirWatch]] = {}  # two paths to one directory share its wd
         self.deadlines = Deadlines()  # on the hub's clock (`_mono`); carried over a fork whole
         # Work queued without the lock (finalizers, a close() re-entered under our own lock):
         # releases (file, watch, deadline slot), done under the lock by the next registration or
@@ -209,7 +132,7 @@ class Hub:
         self.deferred: list[tuple[HubFile, bool, Optional[object]]] = []
         self.later: list[Callable[[], None]] = []
         self.inotify_fd: Optional[int] = None
-        self.unavailable = _NO_INOTIFY  # why inotify can never be used here (the platform)
+        self.unavailable = NO_INOTIFY  # why inotify can never be used here (the platform)
         self.inotify_delay = REARM_FIRST  # the next retry of a failed inotify_init1 (EMFILE...)
         self.inotify_down: Optional[str] = None  # why inotify_init1 fails, during an outage (warned)
         self.inotify_retrying = False  # a retry of inotify_init1 is scheduled
@@ -355,7 +278,7 @@ class Hub:
         for directory, names in watch_targets(f.path).items():
             dw = self.dirs.get(directory)
             if dw is None:
-                dw = self.dirs[directory] = _DirWatch(directory)
+                dw = self.dirs[directory] = DirWatch(directory)
             for name in names:
                 dw.names.setdefault(name, set()).add(f)
             f.dirs.append(dw)
@@ -381,11 +304,11 @@ class Hub:
             return True
         if self.unavailable is not None or not self.started:
             return False
-        fd = _inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        fd = _inotify.init()
         if fd < 0:
-            code = ctypes.get_errno()
-            why = _describe_inotify_error(code)
-            if code not in _TRANSIENT_ERRNOS:
+            code = -fd
+            why = describe_error(code)
+            if code not in TRANSIENT_ERRNOS:
                 self.unavailable = why
             elif not self.inotify_retrying:
                 self.inotify_retrying = True
@@ -424,12 +347,12 @@ class Hub:
         for f in files:
             _refresh(f)
 
-    def _arm(self, dw: _DirWatch) -> bool:
+    def _arm(self, dw: DirWatch) -> bool:
         if self.inotify_fd is None:
             return False  # armed with the others once an inotify instance exists
-        wd = _inotify_add_watch(self.inotify_fd, os.fsencode(dw.directory), _MASK)
+        wd = _inotify.add_watch(self.inotify_fd, dw.directory)
         if wd < 0:
-            code = ctypes.get_errno()
+            code = -wd
             if code in (errno.ENOSPC, errno.ENOMEM) and "limit" not in self.warned:
                 self.warned.add("limit")  # once per process: the limit is the node's, not ours
                 self.notes.add(
@@ -437,7 +360,7 @@ class Hub:
                     "sa-token: cannot watch %s: %s; its tokens are re-read by the fallback timer "
                     "until a watch can be armed (retried every minute at most)",
                     _fmt.path(dw.directory),
-                    _describe_inotify_error(code),
+                    describe_error(code),
                 )
             self._schedule(dw.rearm_delay, functools.partial(self._rearm, dw))
             dw.rearm_delay = min(dw.rearm_delay * 2, REARM_MAX)
@@ -447,7 +370,7 @@ class Hub:
         self.wds.setdefault(wd, []).append(dw)
         return True
 
-    def _disarm(self, dw: _DirWatch) -> None:
+    def _disarm(self, dw: DirWatch) -> None:
         wd, dw.wd = dw.wd, None
         if wd is None:
             return
@@ -457,9 +380,9 @@ class Hub:
         if not sharing:
             self.wds.pop(wd, None)
             if self.inotify_fd is not None:
-                _inotify_rm_watch(self.inotify_fd, wd)  # EINVAL when already gone: fine
+                _inotify.rm_watch(self.inotify_fd, wd)
 
-    def _rearm(self, dw: _DirWatch) -> None:
+    def _rearm(self, dw: DirWatch) -> None:
         """Deadline: arm a watch that failed or was lost; if it works, re-read its files (they
         may have changed while nobody watched)."""
         with self.lock:
@@ -594,19 +517,17 @@ class Hub:
         return fds
 
     def _on_inotify(self, fd: int) -> None:
-        buf = ctypes.create_string_buffer(_READ_SIZE)
-        n = _read_keeping_gil(fd, buf, _READ_SIZE)
-        if n <= 0:
+        events = _inotify.read_events(fd)
+        if not events:
             return
-        data = buf.raw[:n]
         changed: dict[HubFile, None] = {}  # ordered, no duplicates
         with self.lock:
-            for wd, mask, name in _events(data):
+            for wd, mask, name in events:
                 if mask & IN_Q_OVERFLOW:  # the kernel dropped events: re-read every watched file
                     changed.update(dict.fromkeys(f for dw in self.dirs.values() for f in dw.files()))
                     continue
                 for dw in list(self.wds.get(wd, ())):
-                    if mask & _LOST:  # the directory itself went away: re-read, re-arm later
+                    if mask & LOST:  # the directory itself went away: re-read, re-arm later
                         self.wds.pop(wd, None)
                         dw.wd = None
                         changed.update(dict.fromkeys(dw.files()))
@@ -687,17 +608,6 @@ def _drain(fd: int) -> None:
         pass
 
 
-def _events(data: bytes) -> list[tuple[int, int, str]]:
-    """``struct inotify_event`` records: (wd, mask, name)."""
-    out = []
-    i = 0
-    while i + 16 <= len(data):
-        wd, mask, _cookie, length = struct.unpack_from("iIII", data, i)
-        out.append((wd, mask, os.fsdecode(data[i + 16 : i + 16 + length].rstrip(b"\0"))))
-        i += 16 + length
-    return out
-
-
 def _call(fn: Callable[[], None]) -> None:
     """Run one piece of the thread's work; whatever it raises (a bug: refreshes never raise) is
     logged, once per kind, and contained: the other files of the same batch still get theirs."""
@@ -714,18 +624,6 @@ def _refresh(f: HubFile) -> None:
 def _refresh_all(files: list[HubFile]) -> None:
     for f in files:
         _refresh(f)
-
-
-def _describe_inotify_error(code: int) -> str:
-    if code == errno.EMFILE:
-        return (
-            "inotify unavailable: too many open files, either the inotify instance limit "
-            "(fs.inotify.max_user_instances, 128 per user by default and shared by every container "
-            "of that user) or this process's open-file limit (ulimit -n, RLIMIT_NOFILE)"
-        )
-    if code == errno.ENOSPC:
-        return "inotify watch limit reached (fs.inotify.max_user_watches)"
-    return f"inotify unavailable ({os.strerror(code) if code else 'unknown error'})"
 
 
 HUB = Hub()
