@@ -19,11 +19,32 @@ from ._source import TokenSource, require_source
 from ._validity import Expectations, binding_error
 from .errors import AudienceMismatchError, ConfigurationError, ExchangeError
 
-__all__ = ["ConfigurationError", "ExchangeError", "platform_source", "scrub", "setting"]
+__all__ = ["CloudCredential", "ConfigurationError", "ExchangeError", "platform_source", "scrub", "setting"]
 
 # A server's error text is shown up to this length: enough for any STS message (AADSTS texts
 # run to about 400 characters with their trace ids), short of flooding a log line.
 MAX_SHOWN_ERROR = 600
+
+
+class CloudCredential:
+    """What the metrics read of a cloud credential (`sa_token._observe.track_credential`),
+    from its ``source``, ``audience`` and ``_expires_at`` (set when the cloud answers)."""
+
+    credential_kind = ""  # "aws", "azure", ...: the metrics label
+    source: TokenSource
+    audience: str
+    _expires_at: Optional[float] = None  # POSIX seconds, once the cloud granted credentials
+
+    @property
+    def credential_source_path(self) -> Optional[str]:
+        return self.source.path
+
+    @property
+    def credential_audience(self) -> Optional[str]:
+        return self.audience
+
+    def credential_expires_at(self) -> Optional[float]:
+        return self._expires_at
 
 
 def scrub(text: object) -> str:

@@ -26,10 +26,12 @@ __all__ = [
     "NAMESPACE_NEXT_TO_TOKEN",
     "SERVICE_HOST_ENV",
     "SERVICE_PORT_ENV",
+    "AsyncApiClient",
     "AsyncTokenHook",
     "InCluster",
     "TokenHook",
     "asend",
+    "configure",
     "join_host_port",
     "not_in_cluster_reason",
     "read_namespace",
@@ -160,6 +162,23 @@ def read_namespace(path: Union[str, os.PathLike[str]] = DEFAULT_NAMESPACE_PATH) 
     return name
 
 
+def configure(configuration: Any, make: Callable[[], Any], found: InCluster, hook: TokenHook) -> Any:
+    """What every ``load_incluster_config`` does to its client's ``Configuration`` (``make()``
+    one when ``configuration`` is None): the API
+    server, the CA file, the namespace, and ``hook`` as the ``refresh_api_key_hook`` (its first
+    token written now: ``auth_settings()`` only looks for keys that exist). Returns it."""
+    if configuration is None:
+        configuration = make()
+    configuration.host = found.host
+    configuration.ssl_ca_cert = found.ca.path
+    configuration.namespace = found.namespace
+    for key in hook.keys:
+        configuration.api_key_prefix.pop(key, None)  # the value carries "Bearer " itself
+    hook._set(configuration, hook.header())
+    configuration.refresh_api_key_hook = hook
+    return configuration
+
+
 class TokenHook:
     """A ``Configuration.refresh_api_key_hook``: writes ``Bearer <current token>`` into the
     configuration it is called with, before each request.
@@ -198,6 +217,70 @@ class TokenHook:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(source={self.source!r})"
+
+
+class AsyncApiClient:
+    """What the two asyncio ``ApiClient`` classes share (mixed in before the client's own):
+    the hook, the REST clients retired by a CA rotation (closed with the client), and the
+    request through the attempt (`asend`). Each client says how it builds a REST client for a
+    new CA (`_sa_rest_for`) and where its requests pass (its ``request`` or ``call_api``)."""
+
+    configuration: Any
+    rest_client: Any
+
+    def _sa_setup(self) -> None:
+        hook = self.configuration.refresh_api_key_hook
+        self._sa_hook: Optional[AsyncTokenHook] = hook if isinstance(hook, AsyncTokenHook) else None
+        self._sa_ca_generation = 0
+        self._sa_retired: list[Any] = []
+
+    def _sa_check_ca(self) -> None:
+        """A new valid ``ca.crt`` gives the next request a new REST client (a new aiohttp
+        session); the old one keeps serving requests in flight (watches)."""
+        hook = self._sa_hook
+        if hook is None or hook.ca is None:
+            return
+        conf = self.configuration
+        if conf.ssl_ca_cert != hook.ca.path or getattr(conf, "ca_cert_data", None) is not None:
+            return  # the caller chose other TLS settings
+        ca = hook.ca
+        pem = ca.pem  # a stat at most every check_interval; inotify does the rest off the loop
+        generation = ca.generation
+        if generation == self._sa_ca_generation:
+            return
+        first = self._sa_ca_generation == 0
+        self._sa_ca_generation = generation
+        if first and not self._sa_rest_needs_pem():
+            return  # the REST client just built loaded ca.crt as CABundle validated it
+        new = self._sa_rest_for(pem)
+        if new is None:
+            return
+        old, self.rest_client = self.rest_client, new
+        self._sa_retired.append(old)  # may carry a watch in flight: closed with the client
+
+    def _sa_rest_needs_pem(self) -> bool:
+        """Whether the REST client the base class built must be replaced at once."""
+        return True
+
+    def _sa_rest_for(self, pem: bytes) -> Any:
+        """A REST client verifying with ``pem`` (``None``: keep the current one)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        retired, self._sa_retired = self._sa_retired, []
+        for rest in retired:
+            await rest.close()
+        await super().close()  # type: ignore[misc]
+
+    async def _sa_send(
+        self, url: str, headers: Optional[dict[str, Any]], transmit: Callable[[dict[str, Any]], Awaitable[R]],
+        api_exception: type[BaseException],
+    ) -> R:
+        self._sa_check_ca()
+        hook = self._sa_hook
+        ours = hook is not None and self.configuration.refresh_api_key_hook is hook
+        flow = hook.flow if hook is not None and ours else None
+        return await asend(flow, url, headers, transmit, api_exception)
 
 
 class AsyncTokenHook(TokenHook):

@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from . import _clock, _fmt
-from ._cloud import ConfigurationError, ExchangeError, platform_source, scrub, setting
+from ._cloud import CloudCredential, ConfigurationError, ExchangeError, platform_source, scrub, setting
 from ._observe import track_credential
 from ._source import TokenSource
 
@@ -68,7 +68,7 @@ class STSError(CredentialException, ExchangeError):  # type: ignore[misc]
         CredentialException.__init__(self, message, code=code, request_id=request_id)
 
 
-class RRSACredentialsProvider(ICredentialsProvider):  # type: ignore[misc]
+class RRSACredentialsProvider(CloudCredential, ICredentialsProvider):  # type: ignore[misc]
     """An `ICredentialsProvider` for `alibabacloud_credentials.client.Client(provider=...)`.
 
     Args:
@@ -121,7 +121,6 @@ class RRSACredentialsProvider(ICredentialsProvider):  # type: ignore[misc]
             or os.environ.get("ALIBABA_CLOUD_STS_ENDPOINT")  # as ack-ram-tool reads it
             or (f"sts{'-vpc' if vpc else ''}.{region}.aliyuncs.com" if region else "sts.aliyuncs.com")
         )
-        self._expires_at: Optional[float] = None
         self._cache = RefreshCachedSupplier(
             refresh_callable=self._refresh, refresh_callable_async=self._refresh_async
         )
@@ -138,17 +137,6 @@ class RRSACredentialsProvider(ICredentialsProvider):  # type: ignore[misc]
 
     def get_provider_name(self) -> str:
         return "oidc_role_arn"  # the credential type the SDK's OIDC provider reports
-
-    @property
-    def credential_source_path(self) -> str:
-        return self.source.path
-
-    @property
-    def credential_audience(self) -> str:
-        return self.audience
-
-    def credential_expires_at(self) -> Optional[float]:
-        return self._expires_at
 
     def _request(self) -> TeaRequest:
         request = TeaRequest()

@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("sa_token.aws needs the boto3 package: pip install 'sa-token[aws]'") from exc
 
 from . import _fmt
-from ._cloud import ConfigurationError, ExchangeError, platform_source, scrub, setting
+from ._cloud import CloudCredential, ConfigurationError, ExchangeError, platform_source, scrub, setting
 from ._observe import track_credential
 from ._source import TokenSource
 
@@ -70,7 +70,7 @@ def _safe(response: dict[str, Any]) -> dict[str, Any]:
     return {"Error": safe, "ResponseMetadata": response.get("ResponseMetadata", {})}
 
 
-class WebIdentityCredentials(CredentialProvider):  # type: ignore[misc]
+class WebIdentityCredentials(CloudCredential, CredentialProvider):  # type: ignore[misc]
     """What [`install`][sa_token.aws.install] puts into a botocore session: the credential
     provider of its chain, whose `credentials` botocore refreshes; also what the metrics
     report (`credential_expires_at()`)."""
@@ -90,8 +90,7 @@ class WebIdentityCredentials(CredentialProvider):  # type: ignore[misc]
         duration_seconds: Optional[int] = None,
     ) -> None:
         super().__init__()
-        self.source, self.credential_audience = source, audience
-        self._expires_at: Optional[float] = None
+        self.source, self.audience = source, audience
         extra: dict[str, Any] = {"RoleSessionName": session_name} if session_name else {}
         if duration_seconds is not None:
             extra["DurationSeconds"] = duration_seconds
@@ -111,13 +110,6 @@ class WebIdentityCredentials(CredentialProvider):  # type: ignore[misc]
 
     def load(self) -> DeferredRefreshableCredentials:
         return self.credentials
-
-    @property
-    def credential_source_path(self) -> str:
-        return self.source.path
-
-    def credential_expires_at(self) -> Optional[float]:
-        return self._expires_at
 
     def _refresh(self) -> dict[str, Any]:
         try:

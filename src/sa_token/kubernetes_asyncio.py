@@ -47,14 +47,16 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
         "sa_token.kubernetes_asyncio needs kubernetes_asyncio: pip install 'sa-token[kubernetes-asyncio]'"
     ) from _exc
 
+from . import _fmt
 from ._ca import CABundle
 from ._incluster import (
     DEFAULT_CA_PATH,
     DEFAULT_NAMESPACE_PATH,
     DEFAULT_TOKEN_PATH,
     NAMESPACE_NEXT_TO_TOKEN,
+    AsyncApiClient,
     AsyncTokenHook,
-    asend,
+    configure,
     read_namespace,
     resolve,
 )
@@ -99,25 +101,16 @@ def load_incluster_config(
     (``set_default`` installs only the ``Configuration`` default). Synchronous: call it at startup.
     """
     found = resolve(environ, token_path, ca_path, namespace_path, source, ca, NotInClusterError)
-    source, ca = found.source, found.ca
     if set_default is None:
         set_default = configuration is None
-    if configuration is None:
-        configuration = _client.Configuration()
-    hook = AsyncTokenHook(source, ca, _KEYS, "kubernetes_asyncio")
-    configuration.host = found.host
-    conf: Any = configuration  # typed as Optional[Callable] in kubernetes; our hook is callable
-    conf.namespace = found.namespace
-    configuration.ssl_ca_cert = ca.path
-    configuration.api_key_prefix.pop("BearerToken", None)  # the value carries "Bearer " itself
-    hook._set(configuration, hook.header())  # auth_settings() only looks for keys that exist
-    conf.refresh_api_key_hook = hook
+    hook = AsyncTokenHook(found.source, found.ca, _KEYS, "kubernetes_asyncio")
+    configuration = configure(configuration, _client.Configuration, found, hook)
     if set_default:
         _client.Configuration.set_default(configuration)
     return configuration
 
 
-class ApiClient(_client.ApiClient):
+class ApiClient(AsyncApiClient, _client.ApiClient):
     """``kubernetes_asyncio.client.ApiClient`` that retries a 401 once with a re-read token and
     follows CA rotations. Same arguments; plain behaviour for configurations not made by
     [`load_incluster_config()`][sa_token.kubernetes_asyncio.load_incluster_config]."""
@@ -126,38 +119,21 @@ class ApiClient(_client.ApiClient):
         self, configuration: Optional[_client.Configuration] = None, *args: Any, **kwargs: Any
     ) -> None:
         super().__init__(configuration, *args, **kwargs)
-        hook = self.configuration.refresh_api_key_hook
-        self._sa_hook: Optional[AsyncTokenHook] = hook if isinstance(hook, AsyncTokenHook) else None
-        # The REST client just built loaded ca.crt as CABundle validated it (or very nearly so).
-        ca = self._sa_hook.ca if self._sa_hook is not None else None
-        self._sa_ca_generation = ca.generation if ca is not None else 0
-        self._sa_retired: list[Any] = []
+        self._sa_setup()
+        self._sa_check_ca()
 
-    def _sa_check_ca(self) -> None:
-        hook = self._sa_hook
-        if hook is None or hook.ca is None or self.configuration.ssl_ca_cert != hook.ca.path:
-            return
-        ca = hook.ca
-        ca.pem  # noqa: B018 - re-checks the file at most every check_interval (inotify does the rest)
-        generation = ca.generation
-        if generation == self._sa_ca_generation:
-            return
-        self._sa_ca_generation = generation
+    def _sa_rest_needs_pem(self) -> bool:
+        return False  # the REST client just built loaded ca.crt as CABundle validated it
+
+    def _sa_rest_for(self, pem: bytes) -> Any:  # noqa: ARG002 - it takes the file, not the PEM
         # kubernetes_asyncio only takes a CA *file*: it is re-read here, right after CABundle
         # validated it. If it changed again in between and is now unusable, keep the old client.
         try:
-            new = _rest.RESTClientObject(copy.copy(self.configuration))
+            return _rest.RESTClientObject(copy.copy(self.configuration))
         except (OSError, ssl.SSLError, ValueError) as exc:
-            log.warning("sa-token: cannot load the new CA bundle %s (%s); keeping the old one", ca.path, exc)
-            return
-        old, self.rest_client = self.rest_client, new
-        self._sa_retired.append(old)  # may carry a watch in flight: closed with the client
-
-    async def close(self) -> None:
-        retired, self._sa_retired = self._sa_retired, []
-        for rest in retired:
-            await rest.close()
-        await super().close()
+            log.warning("sa-token: cannot load the new CA bundle %s (%s); keeping the old one",
+                        _fmt.path(self.configuration.ssl_ca_cert), _fmt.text(exc))
+            return None
 
     async def request(
         self,
@@ -168,13 +144,8 @@ class ApiClient(_client.ApiClient):
         *args: Any,
         **kwargs: Any,
     ) -> Any:
-        self._sa_check_ca()
-        hook = self._sa_hook
-        ours = hook is not None and self.configuration.refresh_api_key_hook is hook
         transmit: Any = super().request
-        return await asend(
-            hook.flow if hook is not None and ours else None,
-            url, headers,
-            lambda attempt: transmit(method, url, query_params, attempt, *args, **kwargs),
-            _ApiException,
-        )
+        def send(sent: dict[str, Any]) -> Any:
+            return transmit(method, url, query_params, sent, *args, **kwargs)
+
+        return await self._sa_send(url, headers, send, _ApiException)

@@ -30,7 +30,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from sa_token import _fmt
-from sa_token._cloud import ConfigurationError, ExchangeError, platform_source, scrub, setting
+from sa_token._cloud import (
+    CloudCredential,
+    ConfigurationError,
+    ExchangeError,
+    platform_source,
+    scrub,
+    setting,
+)
 from sa_token._observe import track_credential
 from sa_token._source import TokenSource
 
@@ -87,7 +94,29 @@ def settings(
     )
 
 
-class WorkloadIdentityCredential(ClientAssertionCredential):
+class Workload(CloudCredential):
+    """What the sync and asyncio credentials share: settings, the refusal, the expiry."""
+
+    credential_kind = "azure"
+
+    def _settings(
+        self, source: Optional[TokenSource], tenant_id: Optional[str], client_id: Optional[str], audience: str
+    ) -> tuple[str, str, Callable[[], str]]:
+        """Tenant, client and the assertion function (the current token, or a TokenError;
+        never an expired token) for ``ClientAssertionCredential``."""
+        self.source, tenant, client = settings(source, tenant_id, client_id, audience)
+        self.audience = audience
+        return tenant, client, self.source.token
+
+    def _granted(self, token: T) -> T:
+        self._expires_at = float(token.expires_on)
+        return token
+
+    def _refused(self, exc: ClientAuthenticationError) -> dict[str, Any]:
+        return failure(exc, self.source.path)
+
+
+class WorkloadIdentityCredential(Workload, ClientAssertionCredential):
     """A `TokenCredential` that presents the current projected token to Microsoft Entra ID.
 
     Args:
@@ -104,8 +133,6 @@ class WorkloadIdentityCredential(ClientAssertionCredential):
         AudienceMismatchError: the token is not for `audience`.
     """
 
-    credential_kind = "azure"
-
     def __init__(
         self,
         source: Optional[TokenSource] = None,
@@ -115,11 +142,7 @@ class WorkloadIdentityCredential(ClientAssertionCredential):
         audience: str = AUDIENCE,
         **kwargs: Any,
     ) -> None:
-        self.source, tenant, client = settings(source, tenant_id, client_id, audience)
-        self.audience = audience
-        self._expires_on: Optional[float] = None
-        # func: the current token, or a TokenError; never an expired token.
-        super().__init__(tenant, client, self.source.token, **kwargs)
+        super().__init__(*self._settings(source, tenant_id, client_id, audience), **kwargs)
         track_credential(self)
 
     def __repr__(self) -> str:
@@ -137,19 +160,7 @@ class WorkloadIdentityCredential(ClientAssertionCredential):
         except CredentialUnavailableError:
             raise
         except ClientAuthenticationError as exc:
-            refused = failure(exc, self.source.path)
+            refused = self._refused(exc)  # raised below, outside the handler: no traceback kept
         else:
-            self._expires_on = float(token.expires_on)
-            return token
+            return self._granted(token)
         raise EntraIDError(**refused) from None
-
-    @property
-    def credential_source_path(self) -> str:
-        return self.source.path
-
-    @property
-    def credential_audience(self) -> str:
-        return self.audience
-
-    def credential_expires_at(self) -> Optional[float]:
-        return self._expires_on

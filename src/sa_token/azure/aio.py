@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from sa_token._observe import track_credential
 from sa_token._source import TokenSource
-from sa_token.azure import AUDIENCE, EntraIDError, failure, settings
+from sa_token.azure import AUDIENCE, EntraIDError, Workload
 from sa_token.errors import TokenError
 
 __all__ = ["WorkloadIdentityCredential"]
@@ -39,12 +39,10 @@ __all__ = ["WorkloadIdentityCredential"]
 T = TypeVar("T", AccessToken, AccessTokenInfo)
 
 
-class WorkloadIdentityCredential(ClientAssertionCredential):
+class WorkloadIdentityCredential(Workload, ClientAssertionCredential):
     """An `AsyncTokenCredential` that presents the current projected token to Microsoft Entra
     ID; arguments as for the sync
     [`WorkloadIdentityCredential`][sa_token.azure.WorkloadIdentityCredential]."""
-
-    credential_kind = "azure"
 
     def __init__(
         self,
@@ -55,10 +53,7 @@ class WorkloadIdentityCredential(ClientAssertionCredential):
         audience: str = AUDIENCE,
         **kwargs: Any,
     ) -> None:
-        self.source, tenant, client = settings(source, tenant_id, client_id, audience)
-        self.audience = audience
-        self._expires_on: Optional[float] = None
-        super().__init__(tenant, client, self.source.token, **kwargs)
+        super().__init__(*self._settings(source, tenant_id, client_id, audience), **kwargs)
         track_credential(self)
 
     def __repr__(self) -> str:
@@ -81,19 +76,7 @@ class WorkloadIdentityCredential(ClientAssertionCredential):
         except CredentialUnavailableError:
             raise
         except ClientAuthenticationError as exc:
-            refused = failure(exc, self.source.path)
+            refused = self._refused(exc)  # raised below, outside the handler: no traceback kept
         else:
-            self._expires_on = float(token.expires_on)
-            return token
+            return self._granted(token)
         raise EntraIDError(**refused) from None
-
-    @property
-    def credential_source_path(self) -> str:
-        return self.source.path
-
-    @property
-    def credential_audience(self) -> str:
-        return self.audience
-
-    def credential_expires_at(self) -> Optional[float]:
-        return self._expires_on

@@ -61,6 +61,7 @@ from sa_token._incluster import (
     DEFAULT_TOKEN_PATH,
     NAMESPACE_NEXT_TO_TOKEN,
     TokenHook,
+    configure,
     read_namespace,
     resolve,
     send,
@@ -122,20 +123,10 @@ def load_incluster_config(
     `sa_token.errors` types for a token or CA file that exists but cannot be used.
     """
     found = resolve(environ, token_path, ca_path, namespace_path, source, ca, NotInClusterError)
-    source, ca = found.source, found.ca
     if set_default is None:
         set_default = configuration is None
-    if configuration is None:
-        configuration = _k8s_client.Configuration()
-    hook = TokenHook(source, ca, _KEYS, "kubernetes")
-    configuration.host = found.host
-    configuration.ssl_ca_cert = ca.path
-    conf: Any = configuration  # typed as Optional[Callable] in kubernetes; our hook is callable
-    conf.namespace = found.namespace
-    for key in _KEYS:
-        configuration.api_key_prefix.pop(key, None)  # the value carries "Bearer " itself
-    hook(configuration)  # fills api_key now; auth_settings() only looks for the key if present
-    conf.refresh_api_key_hook = hook
+    hook = TokenHook(found.source, found.ca, _KEYS, "kubernetes")
+    configuration = configure(configuration, _k8s_client.Configuration, found, hook)
     if set_default:
         _k8s_client.Configuration.set_default(configuration)
         api_client_class: Any = _k8s_client.ApiClient

@@ -50,8 +50,9 @@ from sa_token._incluster import (
     DEFAULT_NAMESPACE_PATH,
     DEFAULT_TOKEN_PATH,
     NAMESPACE_NEXT_TO_TOKEN,
+    AsyncApiClient,
     AsyncTokenHook,
-    asend,
+    configure,
     read_namespace,
     resolve,
 )
@@ -93,26 +94,16 @@ def load_incluster_config(
     Synchronous (it reads the token and CA files once); call it at startup, before the event loop is busy.
     """
     found = resolve(environ, token_path, ca_path, namespace_path, source, ca, NotInClusterError)
-    source, ca = found.source, found.ca
     if set_default is None:
         set_default = configuration is None
-    if configuration is None:
-        configuration = _aio_client.Configuration()
-    hook = AsyncTokenHook(source, ca, _KEYS, "kubernetes.aio")
-    configuration.host = found.host
-    conf: Any = configuration  # typed as Optional[Callable] in kubernetes; our hook is callable
-    conf.namespace = found.namespace
-    configuration.ssl_ca_cert = ca.path
-    for key in _KEYS:
-        configuration.api_key_prefix.pop(key, None)
-    hook._set(configuration, hook.header())  # auth_settings() only looks for keys that exist
-    conf.refresh_api_key_hook = hook
+    hook = AsyncTokenHook(found.source, found.ca, _KEYS, "kubernetes.aio")
+    configuration = configure(configuration, _aio_client.Configuration, found, hook)
     if set_default:
         _aio_client.Configuration.set_default(configuration)
     return configuration
 
 
-class ApiClient(_aio_client.ApiClient):
+class ApiClient(AsyncApiClient, _aio_client.ApiClient):
     """``kubernetes.aio.client.ApiClient`` that retries a 401 once with a re-read token and
     follows CA rotations. Takes the same arguments; plain behaviour for configurations not made
     by `load_incluster_config()`."""
@@ -121,35 +112,14 @@ class ApiClient(_aio_client.ApiClient):
         self, configuration: Optional[_aio_client.Configuration] = None, *args: Any, **kwargs: Any
     ) -> None:
         super().__init__(configuration, *args, **kwargs)
-        hook = self.configuration.refresh_api_key_hook
-        self._sa_hook: Optional[AsyncTokenHook] = hook if isinstance(hook, AsyncTokenHook) else None
-        self._sa_ca_generation = 0
-        self._sa_retired: list[Any] = []
+        self._sa_setup()
         self._sa_check_ca()
 
-    def _sa_check_ca(self) -> None:
-        hook = self._sa_hook
-        if hook is None or hook.ca is None:
-            return
-        conf = self.configuration
-        if conf.ssl_ca_cert != hook.ca.path or getattr(conf, "ca_cert_data", None) is not None:
-            return  # the caller chose other TLS settings
-        ca = hook.ca
-        pem = ca.pem  # a stat at most every check_interval; inotify does the rest off the loop
-        if ca.generation == self._sa_ca_generation:
-            return
-        rest_conf = copy.copy(conf)  # shallow: only the CA settings differ
+    def _sa_rest_for(self, pem: bytes) -> Any:
+        rest_conf = copy.copy(self.configuration)  # shallow: only the CA settings differ
         rest_conf.ssl_ca_cert = None
         rest_conf.ca_cert_data = pem.decode("ascii")
-        old, self.rest_client = self.rest_client, _aio_rest.RESTClientObject(rest_conf)
-        self._sa_ca_generation = ca.generation
-        self._sa_retired.append(old)  # may carry a watch in flight: closed with the client
-
-    async def close(self) -> None:
-        retired, self._sa_retired = self._sa_retired, []
-        for rest in retired:
-            await rest.close()
-        await super().close()  # type: ignore[no-untyped-call]
+        return _aio_rest.RESTClientObject(rest_conf)
 
     async def call_api(
         self,
@@ -162,15 +132,8 @@ class ApiClient(_aio_client.ApiClient):
         *args: Any,
         **kwargs: Any,
     ) -> Any:
-        self._sa_check_ca()
-        hook = self._sa_hook
-        ours = hook is not None and self.configuration.refresh_api_key_hook is hook
         transmit: Any = super().call_api
-        return await asend(
-            hook.flow if hook is not None and ours else None,
-            url, header_params,
-            lambda attempt: transmit(
-                method, url, attempt, body, post_params, _request_timeout, *args, **kwargs
-            ),
-            _ApiException,
-        )
+        def send(headers: dict[str, Any]) -> Any:
+            return transmit(method, url, headers, body, post_params, _request_timeout, *args, **kwargs)
+
+        return await self._sa_send(url, header_params, send, _ApiException)
