@@ -23,23 +23,23 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import math
 import os
-import ssl
 import weakref
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
-from . import _clock, _fmt
+from . import _clock, _fmt, _log
 from ._hub import HUB, HubFile
 from ._locks import Notes, inside
 from ._read import describe, read_bounded
 from ._subscribers import Subscribers
 from .errors import TokenFileError
 
+if TYPE_CHECKING:
+    import ssl  # imported when a bundle is first loaded: ssl costs ~12 ms of every import
+
 __all__ = ["DEFAULT_CA_PATH", "DEFAULT_CHECK_INTERVAL", "CABundle", "CAFileError", "live_bundles"]
 
-log = logging.getLogger("sa_token")
 
 # Where the kubelet mounts the kube-api-access volume's CA bundle.
 DEFAULT_CA_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
@@ -67,6 +67,8 @@ def load_ca_file(path: str) -> tuple[bytes, ssl.SSLContext]:
     """Read ``path`` and build a client ``SSLContext`` trusting exactly its certificates.
 
     Raises `CAFileError` naming the file and the cause."""
+    import ssl  # here, not at the top: most imports of sa_token never load a CA bundle
+
     shown = _fmt.path(path)
     try:
         raw = read_bounded(path, MAX_CA_BYTES)
@@ -253,7 +255,7 @@ class CABundle:
                 if exc.reason not in self._warned:  # one warning per cause
                     self._warned.add(exc.reason)
                     notes.add(
-                        logging.WARNING,
+                        _log.WARNING,
                         "sa-token: %s; keeping the current CA bundle (generation %d)",
                         exc,
                         state.generation,
@@ -265,7 +267,7 @@ class CABundle:
                 return False
             self._state = _State(pem, ctx, state.generation + 1, sig, next_check, now)
             notes.add(
-                logging.INFO,
+                _log.INFO,
                 "sa-token: CA bundle %s changed (generation %d)",
                 _fmt.path(self.path),
                 state.generation + 1,

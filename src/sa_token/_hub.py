@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import logging
 import math
 import os
 import select
@@ -38,7 +37,7 @@ import time
 import weakref
 from typing import Callable, Optional, TypeVar
 
-from . import _clock, _fmt, _inotify
+from . import _clock, _fmt, _inotify, _log
 from ._deadlines import Deadlines
 from ._inotify import (
     DATA_DIR,
@@ -55,11 +54,11 @@ from ._inotify import (
     watch_targets,
 )
 from ._locks import Notes, OwnedLock, inside, say
+from ._log import log
 from .errors import ThreadStartError
 
 __all__ = ["DATA_DIR", "HUB", "Hub", "HubFile", "at_fork_in_child", "volume_root", "watch_targets"]
 
-log = logging.getLogger("sa_token")
 
 # After an unexpected error in the watcher thread, pause this long before going on: an error that
 # repeats must not spin a core.
@@ -317,7 +316,7 @@ class Hub:
             if self.inotify_down is None:  # once per outage
                 self.inotify_down = why
                 self.notes.add(
-                    logging.WARNING,
+                    _log.WARNING,
                     "sa-token: %s; tokens are re-read by the fallback timer instead (every "
                     "refresh_interval and at each token's rotation point)%s",
                     why,
@@ -329,7 +328,7 @@ class Hub:
         self.inotify_delay = REARM_FIRST
         if self.inotify_down is not None:
             self.inotify_down = None
-            self.notes.add(logging.INFO, "sa-token: inotify is available again: rotations are watched")
+            self.notes.add(_log.INFO, "sa-token: inotify is available again: rotations are watched")
         self._poke()  # the thread polls the new descriptor from now on
         return True
 
@@ -356,7 +355,7 @@ class Hub:
             if code in (errno.ENOSPC, errno.ENOMEM) and "limit" not in self.warned:
                 self.warned.add("limit")  # once per process: the limit is the node's, not ours
                 self.notes.add(
-                    logging.WARNING,
+                    _log.WARNING,
                     "sa-token: cannot watch %s: %s; its tokens are re-read by the fallback timer "
                     "until a watch can be armed (retried every minute at most)",
                     _fmt.path(dw.directory),

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import _fmt
 from ._ca import DEFAULT_CA_PATH, CABundle
-from ._flow import UNAUTHORIZED, BearerFlow, Reply, bearer, read_nowait, scrubbed
+from ._flow import UNAUTHORIZED, Attempt, BearerFlow, Reply, bearer, read_nowait, scrubbed
 from ._read import describe, read_bounded
 from ._source import DEFAULT_TOKEN_PATH, TokenSource, require_source
 from ._token import Token
@@ -299,10 +299,6 @@ class AsyncTokenHook(TokenHook):
 
 
 # ----------------------------------------------------------------------- the REST clients ----
-def _rejected(exc: BaseException, api_exception: type[BaseException]) -> bool:
-    return isinstance(exc, api_exception) and getattr(exc, "status", None) == 401
-
-
 def send(
     flow: Optional[BearerFlow],
     url: str,
@@ -315,35 +311,21 @@ def send(
     The request is ours when the client put an ``authorization`` header in it (from our hook's
     ``api_key``); we then send it with the token the attempt read, and once more after a 401
     (answered, or raised as ``api_exception`` by clients before 37) with a re-read token. Each
-    attempt gets its own copy of ``headers`` (the REST clients edit them), and an exception
+    send gets its own copy of ``headers`` (the REST clients edit them), and an exception
     leaving takes the token out of both dicts.
     """
-    attempt = None
-    if flow is not None and headers is not None and _AUTHORIZATION in headers:
-        attempt = flow.attempt(url)
+    attempt = _ours(flow, url, headers)
     if attempt is None or headers is None:
         return transmit(headers)  # type: ignore[arg-type]
     held = attempt.step()
     with scrubbed(headers, _AUTHORIZATION):
         while True:
-            assert held is not None
-            carrying = _with_token(headers, held)
-            with scrubbed(carrying, _AUTHORIZATION):
-                try:
-                    response = transmit(carrying)
-                except Exception as exc:
-                    if not _rejected(exc, api_exception):
-                        raise
-                    held = attempt.step(Reply())
-                    if held is None:
-                        raise
-                    continue
-            if getattr(response, "status", None) != UNAUTHORIZED:
-                return response  # the answer stands: nothing for the flow to do
-            held = attempt.step(Reply())
+            answer = _Answer.of(transmit, headers, held, api_exception)
+            held = attempt.step(Reply()) if answer.rejected else None
             if held is None:
-                return response
-            release(response)
+                kept: R = answer.stands()
+                return kept
+            release(answer.response)
 
 
 async def asend(
@@ -355,35 +337,73 @@ async def asend(
 ) -> R:
     """[`send`][sa_token._incluster.send] for the asyncio clients: token reads that need the
     file (and the lock wait after a 401) run in a worker thread, never on the event loop."""
-    attempt = None
-    if flow is not None and headers is not None and _AUTHORIZATION in headers:
-        attempt = flow.attempt(url)
+    attempt = _ours(flow, url, headers)
     if attempt is None or headers is None:
         return await transmit(headers)  # type: ignore[arg-type]
     held = await attempt.astep(to_thread=asyncio.to_thread)
     with scrubbed(headers, _AUTHORIZATION):
         while True:
-            assert held is not None
-            carrying = _with_token(headers, held)
-            with scrubbed(carrying, _AUTHORIZATION):
-                try:
-                    response = await transmit(carrying)
-                except Exception as exc:
-                    if not _rejected(exc, api_exception):
-                        raise
-                    held = await attempt.astep(Reply(), to_thread=asyncio.to_thread)
-                    if held is None:
-                        raise
-                    continue
-            if getattr(response, "status", None) != UNAUTHORIZED:
-                return response
-            held = await attempt.astep(Reply(), to_thread=asyncio.to_thread)
+            answer = await _Answer.aof(transmit, headers, held, api_exception)
+            held = await attempt.astep(Reply(), to_thread=asyncio.to_thread) if answer.rejected else None
             if held is None:
-                return response
-            release(response)
+                kept: R = answer.stands()
+                return kept
+            release(answer.response)
 
 
-def _with_token(headers: dict[str, Any], held: Token) -> dict[str, Any]:
+def _ours(flow: Optional[BearerFlow], url: str, headers: Optional[dict[str, Any]]) -> Optional[Attempt]:
+    if flow is None or headers is None or _AUTHORIZATION not in headers:
+        return None
+    return flow.attempt(url)
+
+
+class _Answer:
+    """What one send gave: a response, or an ``api_exception`` for a 401 (kubernetes < 37
+    raises it), and whether it is a rejection. Any other exception leaves at once."""
+
+    __slots__ = ("error", "rejected", "response")
+
+    def __init__(self, response: Any, error: Optional[BaseException]) -> None:
+        self.response = response
+        self.error = error
+        self.rejected = error is not None or getattr(response, "status", None) == UNAUTHORIZED
+
+    @classmethod
+    def of(cls, transmit: Callable[[dict[str, Any]], Any], headers: dict[str, Any], held: Optional[Token],
+           api_exception: type[BaseException]) -> _Answer:
+        carrying = _with_token(headers, held)
+        with scrubbed(carrying, _AUTHORIZATION):
+            try:
+                return cls(transmit(carrying), None)
+            except api_exception as exc:
+                return cls._raised(exc, carrying)
+
+    @classmethod
+    async def aof(cls, transmit: Callable[[dict[str, Any]], Awaitable[Any]], headers: dict[str, Any],
+                  held: Optional[Token], api_exception: type[BaseException]) -> _Answer:
+        carrying = _with_token(headers, held)
+        with scrubbed(carrying, _AUTHORIZATION):
+            try:
+                return cls(await transmit(carrying), None)
+            except api_exception as exc:
+                return cls._raised(exc, carrying)
+
+    @classmethod
+    def _raised(cls, exc: BaseException, carrying: dict[str, Any]) -> _Answer:
+        if getattr(exc, "status", None) != UNAUTHORIZED:
+            raise exc
+        carrying.pop(_AUTHORIZATION, None)  # kept by the traceback of the exception we keep
+        return cls(None, exc)
+
+    def stands(self) -> Any:
+        """The answer to hand back: the response, or the 401 exception raised again."""
+        if self.error is not None:
+            raise self.error
+        return self.response
+
+
+def _with_token(headers: dict[str, Any], held: Optional[Token]) -> dict[str, Any]:
+    assert held is not None  # an attempt's first step always reads a token (or raises)
     carrying = dict(headers)
     carrying[_AUTHORIZATION] = bearer(held)
     return carrying

@@ -18,14 +18,14 @@ Two rules hold for every lock sa-token takes (docs/model.md, "User code and lock
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 from typing import Any
 
+from ._log import log
+
 __all__ = ["Notes", "OwnedLock", "inside"]
 
-log = logging.getLogger("sa_token")
 
 _finalizing = sys.is_finalizing  # bound now: at shutdown the sys module may be half torn down
 _held = threading.local()  # per thread: ``locks``, the library locks it holds or is taking

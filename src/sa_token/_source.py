@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import math
 import os
 import re
@@ -28,9 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, NamedTuple, Optional, TypeVar, Union
 
-from . import _clock, _fmt
+from . import _clock, _fmt, _log
 from ._hub import HUB, HubFile, volume_root
 from ._locks import Notes, inside
+from ._log import log
 from ._read import Identity, identity, on_memory_fs, read_token_file
 from ._subscribers import Subscribers
 from ._token import Token
@@ -57,7 +57,6 @@ __all__ = [
     "require_source",
 ]
 
-log = logging.getLogger("sa_token")
 
 # Where the kubelet mounts the default kube-api-access volume (DefaultAPITokenMountPath).
 DEFAULT_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -653,7 +652,7 @@ class TokenSource:
         keep = "keeping the current token" + (
             f" (valid for another {_fmt.duration(left)})" if math.isfinite(left) and left > 0 else ""
         )
-        notes.add(logging.WARNING, "sa-token: re-read failed: %s; %s", err, keep)
+        notes.add(_log.WARNING, "sa-token: re-read failed: %s; %s", err, keep)
 
     def _warn_if_stale(self, tok: Token, now: float, notes: Notes) -> None:
         late = stale_for(tok, now)
@@ -663,7 +662,7 @@ class TokenSource:
         self._stale_warned = fingerprint
         exp = tok._exp_ts
         notes.add(
-            logging.WARNING,
+            _log.WARNING,
             "sa-token: token at %s passed its rotation point (%s) and was not rotated: the kubelet is "
             "not rotating it (see kubernetes issue 138689); it expires at %s",
             _fmt.path(self.path),

@@ -14,15 +14,14 @@ section): it switches the subscription off, and the list drops it at its next ch
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 from typing import Callable, Generic, Optional, TypeVar
 
 from ._locks import OwnedLock, inside
+from ._log import log
 
 __all__ = ["Subscribers"]
 
-log = logging.getLogger("sa_token")
 
 T = TypeVar("T")
 
