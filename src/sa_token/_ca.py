@@ -21,12 +21,11 @@ re-read it per connection and break as soon as the file is momentarily bad.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import os
 import weakref
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Union
 
 from . import _clock, _fmt, _log
 from ._hub import HUB, HubFile
@@ -116,8 +115,7 @@ def live_bundles() -> list[CABundle]:
     return [b for b in bundles if b is not None and not b._closed]
 
 
-@dataclasses.dataclass(frozen=True)
-class _State:
+class _State(NamedTuple):
     """What readers of a bundle share. Replaced whole, under the bundle's lock."""
 
     pem: bytes
@@ -246,12 +244,12 @@ class CABundle:
             next_check = now + self.check_interval
             sig = _signature(self.path)
             if sig is not None and sig == state.signature:
-                self._state = dataclasses.replace(state, next_check=next_check)
+                self._state = state._replace(next_check=next_check)
                 return False
             try:
                 pem, ctx = load_ca_file(self.path)
             except CAFileError as exc:
-                self._state = dataclasses.replace(state, next_check=next_check)
+                self._state = state._replace(next_check=next_check)
                 if exc.reason not in self._warned:  # one warning per cause
                     self._warned.add(exc.reason)
                     notes.add(
@@ -263,7 +261,7 @@ class CABundle:
                 return False
             self._warned.clear()
             if pem == state.pem:
-                self._state = dataclasses.replace(state, signature=sig, next_check=next_check)
+                self._state = state._replace(signature=sig, next_check=next_check)
                 return False
             self._state = _State(pem, ctx, state.generation + 1, sig, next_check, now)
             notes.add(

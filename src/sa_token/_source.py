@@ -16,16 +16,14 @@ watcher thread (`sa_token._hub`) only makes pickups early, re-reading on the kub
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import re
 import time
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, NamedTuple, Optional, TypeVar, Union
+from typing import Any, Callable, NamedTuple, Optional, TypeVar, Union
 
 from . import _clock, _fmt, _log
 from ._hub import HUB, HubFile, volume_root
@@ -75,12 +73,17 @@ T = TypeVar("T")
 Subscriber = Callable[[Token], None]
 
 
-@dataclass(frozen=True)
 class _Snapshot:
-    """What readers of one source share. Replaced whole, under the file's lock."""
+    """What readers of one source share. Replaced whole, under the file's lock; never changed
+    (`_replace` makes a new one). Not a tuple: error reporters that walk the containers in a
+    frame's locals must not find the token in it (`tests/test_no_token_in_frames.py`)."""
 
+    __slots__ = (
+        "error", "failures", "generation", "read_at", "reads", "refresh_at", "serve_from", "serve_until",
+        "token", "value",
+    )
     token: Token
-    value: str = field(repr=False)  # token.value, one attribute read closer for token()
+    value: str  # token.value, one attribute read closer for token(); never in the repr
     read_at: float  # when ``token`` was read (clock time)
     refresh_at: float  # when to read the file again
     serve_from: float  # nbf/iat less the leeway
@@ -90,8 +93,20 @@ class _Snapshot:
     reads: int  # successful reads so far
     failures: int  # failed reads so far
 
+    def __init__(self, **fields: Any) -> None:
+        for name in self.__slots__:
+            setattr(self, name, fields[name])
 
-@dataclass(frozen=True)
+    def _replace(self, **changes: Any) -> _Snapshot:
+        new = object.__new__(_Snapshot)
+        for name in self.__slots__:
+            setattr(new, name, changes[name] if name in changes else getattr(self, name))
+        return new
+
+    def __repr__(self) -> str:
+        return f"_Snapshot({self.token!r}, read_at={self.read_at}, generation={self.generation})"
+
+
 class TokenStatus:
     """A source's state, as `TokenSource.status` reports it (no I/O, no token)."""
 
@@ -119,6 +134,39 @@ class TokenStatus:
     """Successful reads of the file by this source."""
     failures: int
     """Failed reads."""
+
+    # A plain class, not a dataclass (`dataclasses` imports `inspect`, a sixth of `import
+    # sa_token`): keyword construction, frozen, equal by its fields, a dataclass-like repr.
+    _FIELDS = (
+        "path", "audiences", "valid", "reason", "expires_at", "rotation_due_at", "stale",
+        "last_read_at", "last_error", "watching", "reads", "failures",
+    )
+
+    def __init__(self, **fields: Any) -> None:
+        missing = set(self._FIELDS) - set(fields)
+        extra = set(fields) - set(self._FIELDS)
+        if missing or extra:
+            raise TypeError(f"TokenStatus() needs exactly {self._FIELDS}: missing {sorted(missing)}, "
+                            f"unexpected {sorted(extra)}")
+        for name in self._FIELDS:
+            object.__setattr__(self, name, fields[name])
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: a TokenStatus is immutable")
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not TokenStatus:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return f"TokenStatus({', '.join(f'{n}={getattr(self, n)!r}' for n in self._FIELDS)})"
 
 
 class _TokenFile(HubFile):
@@ -175,7 +223,7 @@ class _TokenFile(HubFile):
         for src in list(self.sources):
             src._subscribers.after_fork_in_child()
             if not src._closed:
-                src._snap = dataclasses.replace(src._snap, refresh_at=-math.inf, serve_until=-math.inf)
+                src._snap = src._snap._replace(refresh_at=-math.inf, serve_until=-math.inf)
 
 
 def _token_files() -> list[_TokenFile]:
@@ -443,7 +491,7 @@ class TokenSource:
         snap = self._snap
         if snap.token is not sent or self._closed:
             return False
-        self._snap = dataclasses.replace(snap, refresh_at=-math.inf, serve_until=-math.inf)
+        self._snap = snap._replace(refresh_at=-math.inf, serve_until=-math.inf)
         return True
 
     def _current_nowait(self) -> Optional[Token]:
@@ -457,7 +505,7 @@ class TokenSource:
     def _invalidate(self, cutoff: float) -> None:
         snap = self._snap
         if snap.read_at < cutoff and not self._closed:
-            self._snap = dataclasses.replace(snap, refresh_at=-math.inf, serve_until=-math.inf)
+            self._snap = snap._replace(refresh_at=-math.inf, serve_until=-math.inf)
 
     @property
     def read_at(self) -> float:
@@ -510,7 +558,7 @@ class TokenSource:
         if inside():
             if not self._closed:
                 self._closed = True
-                self._snap = dataclasses.replace(self._snap, serve_until=-math.inf, refresh_at=math.inf)
+                self._snap = self._snap._replace(serve_until=-math.inf, refresh_at=math.inf)
                 HUB.defer(self._finish_close)
             return
         self._finish_close()
@@ -518,7 +566,7 @@ class TokenSource:
     def _finish_close(self) -> None:
         with self._file.lock:
             self._closed = True
-            self._snap = dataclasses.replace(self._snap, serve_until=-math.inf, refresh_at=math.inf)
+            self._snap = self._snap._replace(serve_until=-math.inf, refresh_at=math.inf)
             self._file.sources.discard(self)
         if self._finalizer.detach() is not None:  # once: a second close() finds it detached
             HUB.release(self._file, watch=self._watch, slot=self._deadline)
@@ -603,8 +651,7 @@ class TokenSource:
         retry = now + FAILED_READ_RETRY
         # Retry soon after a failure; keep an earlier re-read that was already planned.
         refresh_at = snap.refresh_at if now < snap.refresh_at < retry else retry
-        self._snap = dataclasses.replace(
-            snap,
+        self._snap = snap._replace(
             refresh_at=refresh_at,
             serve_until=min(refresh_at + REQUEST_GRACE, snap.token._exp_ts),
             error=result,

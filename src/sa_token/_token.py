@@ -13,7 +13,6 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from types import MappingProxyType
@@ -31,7 +30,6 @@ ROTATION_FRACTION = 0.8
 MAX_ROTATION_AGE = 24 * 3600.0
 
 
-@dataclass(frozen=True, eq=False)
 class Token:
     """A parsed ServiceAccount token. Immutable; ``repr``/``str`` never show ``value``.
 
@@ -45,12 +43,27 @@ class Token:
     token is immutable).
     """
 
-    value: str = field(repr=False)
+    value: str
     """The raw JWT, what goes after ``Bearer``. Secret: never log it."""
-    claims: Mapping[str, Any] = field(repr=False)
+    claims: Mapping[str, Any]
     """The decoded, unverified payload."""
-    header: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    header: Mapping[str, Any]
     """The decoded JOSE header (``alg``, ``kid``)."""
+
+    # A plain class, not a dataclass: `dataclasses` imports `inspect`, a sixth of `import
+    # sa_token`. Frozen by __setattr__; cached_property writes __dict__ directly, as it must.
+    def __init__(
+        self, value: str, claims: Mapping[str, Any], header: Optional[Mapping[str, Any]] = None
+    ) -> None:
+        object.__setattr__(self, "value", value)
+        object.__setattr__(self, "claims", claims)
+        object.__setattr__(self, "header", {} if header is None else header)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: a Token is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}: a Token is immutable")
 
     @property
     def issuer(self) -> Optional[str]:

@@ -7,8 +7,7 @@ read and by the CLI's `inspect`, `watch` and `check`, so that they cannot disagr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from . import _fmt
 from ._token import Token
@@ -40,8 +39,7 @@ DEFAULT_LEEWAY = 60.0
 STALE_MARGIN = 100.0
 
 
-@dataclass(frozen=True)
-class Expectations:
+class Expectations(NamedTuple):
     """What a client requires of its token: one of ``audiences`` (``None``: any), the exact
     ``issuer`` (``None``: any), and the clock skew ``leeway`` allowed for ``nbf``/``iat``."""
 
