@@ -31,6 +31,7 @@ MODULES = [
     "bench_busy",
     "bench_http",
     "bench_scale",
+    "bench_fanout",
     "bench_import",
     "bench_metrics",
     "bench_overhead",

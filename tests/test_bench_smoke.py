@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "bench" / "run.py"
 SMOKE_TIMEOUT = 900
-SECTIONS = ("hot_path", "rotation", "busy", "http", "scale", "import")
+SECTIONS = ("hot_path", "rotation", "busy", "http", "scale", "fanout", "import")
 
 pytestmark = [
     pytest.mark.slow,  # about 8 s: six benchmarks, each with its subprocesses
@@ -154,6 +154,15 @@ def test_scale_counts_instances_threads_memory_and_wakeups(result: dict[str, Any
         assert case["mem_per_source_bytes"] > 0
         assert case["idle_wakeups_per_s"] >= 0 and set(case["idle_wakeups"]) <= set(case["new_threads"])
         assert case["fanout_s"] is not None  # every source on the rotated volume saw the new token
+
+
+def test_fanout_shares_one_read_among_many_sources(result: dict[str, Any]) -> None:
+    fan = result["fanout"]
+    assert fan["one"]["sources"] == 1 and fan["many"]["sources"] == 200
+    for case in (fan["one"], fan["many"]):
+        assert case["watcher_s"]["n"] == case["pickup_s"]["n"] == 3
+        assert 0 < case["watcher_s"]["p50"] and 0 < case["pickup_s"]["p50"] < 5
+    assert 0 < fan["join_s"] and 0 < fan["fresh_s"]
 
 
 def test_targets_table(result: dict[str, Any]) -> None:

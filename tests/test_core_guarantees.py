@@ -28,7 +28,7 @@ import trustme
 from freezegun import freeze_time
 
 import conftest
-import sa_token._source as source_module
+import sa_token._tokenfile as source_module
 from conftest import gate_opens, wait_for
 from sa_token import (
     CABundle,

@@ -48,7 +48,7 @@ from sa_token import (
     TokenSource,
 )
 from sa_token._hub import HUB
-from sa_token._source import FAILED_READ_RETRY
+from sa_token._tokenfile import FAILED_READ_RETRY
 from sa_token.testing import Kubelet, ProjectedVolume, TokenIssuer
 from sa_token.testing.pytest_plugin import TEST_AUDIENCE
 

@@ -184,15 +184,15 @@ class Hub:
         return f  # type: ignore[return-value]
 
     def release(self, f: HubFile, *, watch: bool, slot: Optional[object] = None) -> None:
-        """One user less (and its deadline ``slot`` cancelled). Deferred, not waited for, when
-        the calling thread holds a library lock already (a finalizer run inside our work)."""
+        """One user less (and its deadline ``slot`` cancelled, once the slot is vacant: see
+        `_drop_vacant`). Deferred, not waited for, when the calling thread holds a library lock
+        already (a finalizer run inside our work)."""
         if inside():
             self.release_later(f, watch, slot)
             return
         with self.lock:
             self._release(f, watch)
-            if slot is not None:
-                self._drop(slot)
+            self._drop_vacant(slot)
 
     def release_later(self, f: HubFile, watch: bool, slot: Optional[object] = None) -> None:
         """For finalizers: lock-free; the thread (or the next registration) releases."""
@@ -222,8 +222,27 @@ class Hub:
         while self.deferred:
             f, watch, slot = self.deferred.pop()
             self._release(f, watch)
-            if slot is not None:
-                self._drop(slot)
+            self._drop_vacant(slot)
+
+    def _drop_vacant(self, slot: Optional[object]) -> None:
+        """A released user's deadline slot: cancelled, or one user less if it is shared
+        (`occupy`), and cancelled once none is left."""
+        if slot is None:
+            return
+        users: Optional[int] = getattr(slot, "users", None)
+        if users is not None:
+            users = slot.users = max(0, users - 1)  # type: ignore[attr-defined]
+        if not users:
+            self._drop(slot)
+
+    def occupy(self, slot: object) -> bool:
+        """One more user of a deadline slot shared by several (an object with a ``users``
+        count, guarded by this lock: a `sa_token._tokenfile.FileView`). Returns whether it was
+        vacant: its deadline was cancelled then, and the caller plans it again. Each `occupy`
+        is paired with one `release` (or `release_later`) passing the slot."""
+        with self.lock:
+            slot.users += 1  # type: ignore[attr-defined]
+            return slot.users == 1  # type: ignore[attr-defined, no-any-return]
 
     # ------------------------------------------------------------------ deadlines ----------
     def schedule(self, delay: float, fire: Callable[[], None], *, slot: Optional[object] = None) -> None:
@@ -245,6 +264,8 @@ class Hub:
             self._drop(slot)
 
     def _schedule(self, delay: float, fire: Callable[[], None], slot: Optional[object] = None) -> None:
+        if slot is not None and getattr(slot, "users", 1) == 0:
+            delay = math.inf  # a shared slot nobody uses: only cancel (`occupy` plans it again)
         due = _mono() + max(0.0, delay) if math.isfinite(delay) else math.inf
         self.deadlines.push(due, fire, slot)
         if due < self.sleeping_until:

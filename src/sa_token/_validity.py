@@ -50,9 +50,10 @@ class Expectations(NamedTuple):
 
 def binding_error(tok: Token, expect: Expectations, path: Optional[str]) -> Optional[TokenValidationError]:
     """The error if the token is not for the expected audience or issuer (a configuration
-    error: it will not heal by waiting), else ``None``."""
-    where = _fmt.path(path) if path else "the token"
+    error: it will not heal by waiting), else ``None``. Cheap when it is: the text is built
+    only for an error (a new source on an already-read file costs microseconds)."""
     if expect.audiences is not None and not set(expect.audiences) & set(tok.audiences):
+        where = _fmt.path(path) if path else "the token"
         want = expect.audiences[0] if len(expect.audiences) == 1 else list(expect.audiences)
         return AudienceMismatchError(
             f"token at {where} is for audience {_fmt.text(list(tok.audiences))}, "
@@ -62,6 +63,7 @@ def binding_error(tok: Token, expect: Expectations, path: Optional[str]) -> Opti
             path=path,
         )
     if expect.issuer is not None and tok.issuer != expect.issuer:
+        where = _fmt.path(path) if path else "the token"
         return IssuerMismatchError(
             f"token at {where} was issued by {_fmt.text(repr(tok.issuer))}, "
             f"not {_fmt.text(repr(expect.issuer))}; "
