@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import pytest
 
+from conftest import wait_for
 from sa_token import TokenSource
 from sa_token._flow import BearerFlow, Reply
 from sa_token.testing import TokenIssuer
@@ -296,3 +297,49 @@ def test_a_request_leaves_the_planned_re_read_to_the_watcher(tmp_path: Path, tok
         clock.advance(REQUEST_GRACE)  # the watcher is later than the grace: the request reads
         src.token()
         assert src.status().reads == reads + 1
+
+
+def test_sources_with_the_same_settings_share_one_read_one_snapshot_one_deadline(
+    tmp_path: Path, token_issuer: TokenIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """O(1) rotations: 50 sources of one file with one set of settings are one view (one
+    snapshot, one planned re-read); a rotation is one read for all of them; a source with other
+    settings has a view of its own; a new source on the unchanged file reads nothing; and the
+    view's deadline goes once its last source does, not before."""
+    import gc
+
+    from sa_token import _tokenfile
+    from sa_token._hub import HUB
+
+    reads: list[str] = []
+    real = _tokenfile.read_token_file
+
+    def counted(path: str, **kw: Any) -> Any:
+        reads.append(path)
+        return real(path, **kw)
+
+    monkeypatch.setattr(_tokenfile, "read_token_file", counted)
+    path = tmp_path / "token"
+    _write(path, token_issuer.issue(audiences=[AUD]))
+    time.sleep(0.06)  # beyond the kernel's coarse file clock: the read describes the file
+    deadlines = HUB.stats()["deadlines"]
+    same = [TokenSource(path, audience=AUD, watch=False) for _ in range(50)]
+    other = TokenSource(path, audience=AUD, watch=False, refresh_interval=30)
+    assert len(reads) == 1, "one read for 51 sources of an unchanged file"
+    assert len({id(s._shared) for s in same}) == 1 and other._shared is not same[0]._shared
+    assert HUB.stats()["deadlines"] == deadlines + 2  # one per view, not one per source
+    new = token_issuer.issue(audiences=[AUD])
+    _write(path, new)
+    same[7].reload()
+    assert len(reads) == 2 and all(s.token() == new for s in [*same, other])
+    assert same[0]._snap is same[49]._snap
+    for s in same[:-1]:
+        s.close()
+    del s
+    assert HUB.stats()["deadlines"] == deadlines + 2, "the last source keeps the view's deadline"
+    last = same.pop()
+    same.clear()
+    del last
+    assert wait_for(lambda: gc.collect() == 0 and HUB.stats()["deadlines"] == deadlines + 1, timeout=5)
+    other.close()
+    assert HUB.stats()["deadlines"] == deadlines
