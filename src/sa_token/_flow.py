@@ -288,16 +288,7 @@ def _parse_host(entry: object) -> HostKey:
         raise ValueError(f"hosts entry {entry!r}: give a host or host:port, not a URL")
     if not text.isascii():
         raise ValueError(f"hosts entry {entry!r}: give the host in its ASCII (punycode, 'xn--') form")
-    port_text: Optional[str] = None
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"hosts entry {entry!r}: expected '[ipv6]' or '[ipv6]:port'")
-        port_text = rest[1:] if rest else None
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host = text  # a name, an IPv4 address or a bare IPv6 address
+    host, port_text = _split_port(text, entry)
     if not host:
         raise ValueError(f"hosts entry {entry!r} has no host")
     if port_text is None:
@@ -305,6 +296,20 @@ def _parse_host(entry: object) -> HostKey:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"hosts entry {entry!r}: the port must be a number from 1 to 65535")
     return host, int(port_text)
+
+
+def _split_port(text: str, entry: str) -> tuple[str, Optional[str]]:
+    """``host`` and its port's text (``None`` without one), from ``[v6]:port``, ``host:port``,
+    ``[v6]``, a name, an IPv4 address or a bare IPv6 address."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"hosts entry {entry!r}: expected '[ipv6]' or '[ipv6]:port'")
+        return host, (rest[1:] if rest else None)
+    if text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        return host, port_text
+    return text, None
 
 
 def host_allowed(url: str, allowed: Optional[frozenset[HostKey]]) -> bool:

@@ -505,20 +505,12 @@ class Hub:
         while self.later:
             _call(self.later.pop(0))
         with self.lock:
-            if self.thread is not me:
-                return polled
-            self._release_deferred()
-            now = _mono()
-            due = self.deadlines.pop_due(now)
-            wake_r = self.wake_r
-            assert wake_r is not None  # the thread runs only once started
-            fds = {wake_r} if self.inotify_fd is None else {wake_r, self.inotify_fd}
-            next_due = self.deadlines.next_due()
-            timeout = min(next_due - now, MAX_SLEEP) if next_due < math.inf else math.inf
-            busy = bool(due or self.later or self.deferred)
-            self.sleeping_until = -math.inf if busy else now + timeout
+            turn = self._turn() if self.thread is me else None
         self._say()
-        if busy:
+        if turn is None:
+            return polled
+        due, fds, timeout = turn
+        if due is not None:
             for fire in due:
                 _call(fire)
             return polled
@@ -532,9 +524,24 @@ class Hub:
         for fd, _ in ready:
             if fd == self.inotify_fd:
                 self._on_inotify(fd)
-            elif fd == wake_r:
+            elif fd == self.wake_r:
                 _drain(fd)
         return fds
+
+    def _turn(self) -> tuple[Optional[list[Callable[[], None]]], set[int], float]:
+        """Under the lock: what is due (``None`` when nothing is to do: then sleep), the
+        descriptors to poll and how long to sleep."""
+        self._release_deferred()
+        now = _mono()
+        due = self.deadlines.pop_due(now)
+        wake_r = self.wake_r
+        assert wake_r is not None  # the thread runs only once started
+        fds = {wake_r} if self.inotify_fd is None else {wake_r, self.inotify_fd}
+        next_due = self.deadlines.next_due()
+        timeout = min(next_due - now, MAX_SLEEP) if next_due < math.inf else math.inf
+        busy = bool(due or self.later or self.deferred)
+        self.sleeping_until = -math.inf if busy else now + timeout
+        return (due if busy else None), fds, timeout
 
     def _on_inotify(self, fd: int) -> None:
         events = _inotify.read_events(fd)

@@ -210,27 +210,13 @@ class LeaseKeeper(Generic[C]):
         if self.closed:
             raise RuntimeError(f"{self.name}: closed")
         if self._work.held() or inside():  # inside our own work: never wait for a lock here
-            lease = self._plan.lease
-            if lease is not None and lease.valid(self._now()):
-                return lease
-            raise self.exchange.error(
-                f"{self.name}: no valid credential yet (asked from inside its own login)",
-                reason="login-in-progress",
-                transient=True,
-            )
+            return self._lease_without_waiting()
         now = self._now()
         with self._work:
-            lease = self._plan.lease
-            fresh = stale is None or (lease is not None and lease.generation != stale.generation)
-            if lease is not None and lease.valid(now) and fresh:
+            lease, refused = self._plan.lease, getattr(stale, "generation", None)
+            if lease is not None and lease.valid(now) and lease.generation != refused:
                 return lease  # valid, or another thread logged in while we waited for the lock
-            if stale is not None and lease is not None and lease.generation == stale.generation:
-                # Refused (maybe renewed since, same token): nobody uses it; the server answered,
-                # so no backoff holds this login back.
-                with self._state:
-                    self._plan = replace(self._plan, lease=None, retry_at=-math.inf)
-            if self._plan.may_login(now):
-                self._login(now)
+            self._login_for(stale, now)
             plan = self._plan
             err = None if plan.error is None else copy.copy(plan.error)  # no traceback shared
             lines = self._notes.take()
@@ -239,9 +225,28 @@ class LeaseKeeper(Generic[C]):
         lease = plan.lease
         if lease is not None and lease.valid(self._now()):
             return lease
-        if err is None:
-            err = self.exchange.error(f"{self.name}: no valid credential", reason="no-credential")
-        raise err
+        raise err or self.exchange.error(f"{self.name}: no valid credential", reason="no-credential")
+
+    def _lease_without_waiting(self) -> Lease[C]:
+        lease = self._plan.lease
+        if lease is not None and lease.valid(self._now()):
+            return lease
+        raise self.exchange.error(
+            f"{self.name}: no valid credential yet (asked from inside its own login)",
+            reason="login-in-progress",
+            transient=True,
+        )
+
+    def _login_for(self, stale: Optional[Lease[C]], now: float) -> None:
+        """Under the work lock: log in, if the plan allows it now. A ``stale`` lease the server
+        refused (maybe renewed since, same credential) is dropped first: nobody uses it, and the
+        server answered, so no backoff holds this login back."""
+        lease = self._plan.lease
+        if stale is not None and lease is not None and lease.generation == stale.generation:
+            with self._state:
+                self._plan = replace(self._plan, lease=None, retry_at=-math.inf)
+        if self._plan.may_login(now):
+            self._login(now)
 
     # ------------------------------------------------------------------ the work ---------
     def step(self) -> float:
@@ -286,15 +291,7 @@ class LeaseKeeper(Generic[C]):
         except TokenError as exc:
             self._wait(now, NoToken(self._no_token(str(exc), exc.reason)), f"{exc}")
             return
-        if (
-            self._cfg.bound
-            and lease is not None
-            and lease.valid(now)
-            and lease.owned
-            and lease.renewable
-            and not lease.capped
-            and tok.value == lease.login_token.value
-        ):
+        if self._cfg.bound and lease is not None and lease.renews_until_token_expiry(tok, now):
             # The login is due only because renewals will stop working when this token expires: a
             # login with the same token would be bound to the same expiry. Renew until then and
             # wait for the kubelet's rotation (the lease stays valid meanwhile).

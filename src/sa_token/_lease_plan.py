@@ -100,6 +100,15 @@ class Lease(Generic[C]):
     def valid(self, now: float) -> bool:
         return now < self.expires_at
 
+    def renews_until_token_expiry(self, tok: Token, now: float) -> bool:
+        """Whether a login with ``tok`` would gain nothing: it is the token this lease logged in
+        with, and the lease (valid, ours, renewable, not capped) renews until that token's
+        expiry anyway. (Only where the server binds a login to its token's expiry.)"""
+        return (
+            self.valid(now) and self.owned and self.renewable and not self.capped
+            and tok.value == self.login_token.value
+        )
+
 
 @dataclass(frozen=True)
 class Plan(Generic[C]):

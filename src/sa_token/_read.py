@@ -280,50 +280,49 @@ def describe(
     name, missing = _KINDS[kind]
     if isinstance(exc, TooLarge) and not _is_regular(path):  # /dev/zero and the like
         exc = OSError(_errno.EINVAL, "not a regular file")
-    code = exc.errno
-    shown = _fmt.path(path)
     if _fmt.looks_like_jwt(path):
         return error(
             f"the {name} path given looks like a token, not a path: pass the path of the file that "
             "holds it (the value is not repeated here)",
             path=None,
-            errno=code,
+            errno=exc.errno,
             reason="not-a-path",
         )
+    message, reason = _cause(path, exc, kind, name, missing)
+    return error(message, path=path, errno=None if isinstance(exc, TooLarge) else exc.errno, reason=reason)
+
+
+# Causes told by their errno alone: (errnos, the message, with {name} and {shown}, the reason).
+_BY_ERRNO = (
+    ((_errno.EISDIR,), "{name} {shown} is a directory, not a file; point at the file inside the volume",
+     "is-a-directory"),
+    ((_errno.ELOOP,), "{name} {shown} is a symlink loop", "symlink-loop"),
+    # what a FIFO or a device gives
+    ((_errno.EINVAL, _errno.EAGAIN, _errno.ENXIO), "{name} {shown} is not a regular file", "not-a-file"),
+    ((_errno.ENAMETOOLONG,), "{name} path {shown} is too long to be a path", "missing"),
+)
+
+
+def _cause(path: str, exc: OSError, kind: str, name: str, missing: str) -> tuple[str, str]:
+    """The message and the ``reason`` for a failed read of ``path``."""
+    shown = _fmt.path(path)
+    code = exc.errno
     if isinstance(exc, TooLarge):
         what = "any JWT" if kind == "token" else f"any {kind} file"
-        return error(
+        return (
             f"{name} {shown} is {exc.size} bytes or more, larger than {what} (limit {exc.limit}); "
-            "check that the path points at the right file",
-            path=path,
-            reason="too-large",
-        )
+            "check that the path points at the right file"
+        ), "too-large"
     if isinstance(exc, FileNotFoundError):
         if os.path.islink(path):
             missing = "it is a dangling symlink (the projected volume's ..data target is gone)"
-        return error(f"{name} {shown} does not exist: {missing}", path=path, errno=code, reason="missing")
+        return f"{name} {shown} does not exist: {missing}", "missing"
     if isinstance(exc, PermissionError):
-        return error(
-            f"cannot read {name} {shown}: {_permission_hint(path)}",
-            path=path,
-            errno=code,
-            reason="permission-denied",
-        )
-    if isinstance(exc, IsADirectoryError):
-        return error(
-            f"{name} {shown} is a directory, not a file; point at the file inside the volume",
-            path=path,
-            errno=code,
-            reason="is-a-directory",
-        )
-    if code == _errno.ELOOP:
-        return error(f"{name} {shown} is a symlink loop", path=path, errno=code, reason="symlink-loop")
-    if code in (_errno.EINVAL, _errno.EAGAIN, _errno.ENXIO):  # what a FIFO or a device gives
-        return error(f"{name} {shown} is not a regular file", path=path, errno=code, reason="not-a-file")
-    if code == _errno.ENAMETOOLONG:
-        return error(f"{name} path {shown} is too long to be a path", path=path, errno=code, reason="missing")
-    reason = os.strerror(code) if code else type(exc).__name__
-    return error(f"cannot read {name} {shown}: {reason}", path=path, errno=code, reason="unreadable")
+        return f"cannot read {name} {shown}: {_permission_hint(path)}", "permission-denied"
+    for codes, message, reason in _BY_ERRNO:
+        if code in codes:
+            return message.format(name=name, shown=shown), reason
+    return f"cannot read {name} {shown}: {os.strerror(code) if code else type(exc).__name__}", "unreadable"
 
 
 def _permission_hint(path: str) -> str:

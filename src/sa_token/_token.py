@@ -273,36 +273,41 @@ def _parse(value: str, path: Optional[str]) -> Token:
     header = _segment_json(parts[0], "header", where, path)
     claims = _segment_json(parts[1], "payload", where, path)
     signature = _segment_bytes(parts[2], "signature", where, path)
+    problem = _numbers_problem(claims) or _signature_problem(signature, header) or _shapes_problem(claims)
+    if problem is not None:
+        raise MalformedTokenError(f"{where}{problem}", path=path)
+    return Token(value=value, claims=MappingProxyType(claims), header=MappingProxyType(header))
+
+
+def _numbers_problem(claims: dict[str, Any]) -> Optional[str]:
     for name in _NUMERIC:
         if name in claims and not _is_number(claims[name]):
             v = claims[name]
-            got = "a number out of range" if isinstance(v, (int, float)) and not isinstance(v, bool) else (
-                type(v).__name__
-            )
-            raise MalformedTokenError(
-                f"{where}claim {name!r} must be a number of seconds, got {got}", path=path
-            )
-    _check_signature_length(signature, header, where, path)
+            numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+            got = "a number out of range" if numeric else type(v).__name__
+            return f"claim {name!r} must be a number of seconds, got {got}"
+    return None
+
+
+def _shapes_problem(claims: dict[str, Any]) -> Optional[str]:
+    """What is wrong with the string and audience claims' types (then ``kubernetes.io``'s)."""
     for name in _STRINGS:
         if name in claims and not isinstance(claims[name], str):
-            raise MalformedTokenError(
-                f"{where}claim {name!r} must be a string, got {type(claims[name]).__name__}", path=path
-            )
+            return f"claim {name!r} must be a string, got {type(claims[name]).__name__}"
     aud = claims.get("aud")
-    if aud is not None and not (
-        isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))
-    ):
-        raise MalformedTokenError(
-            f"{where}claim 'aud' must be a string or a list of strings, got {type(aud).__name__}", path=path
-        )
+    strings = isinstance(aud, list) and all(isinstance(a, str) for a in aud)
+    if aud is not None and not (isinstance(aud, str) or strings):
+        return f"claim 'aud' must be a string or a list of strings, got {type(aud).__name__}"
+    return _kubernetes_problem(claims)
+
+
+def _kubernetes_problem(claims: dict[str, Any]) -> Optional[str]:
     k8s = claims.get("kubernetes.io")
     if k8s is not None and not isinstance(k8s, dict):
-        raise MalformedTokenError(
-            f"{where}claim 'kubernetes.io' must be an object, got {type(k8s).__name__}", path=path
-        )
+        return f"claim 'kubernetes.io' must be an object, got {type(k8s).__name__}"
     if isinstance(k8s, dict) and "warnafter" in k8s and not _is_number(k8s["warnafter"]):
-        raise MalformedTokenError(f"{where}claim 'kubernetes.io.warnafter' must be a number", path=path)
-    return Token(value=value, claims=MappingProxyType(claims), header=MappingProxyType(header))
+        return "claim 'kubernetes.io.warnafter' must be a number"
+    return None
 
 
 def _segment_bytes(segment: str, what: str, where: str, path: Optional[str]) -> bytes:
@@ -332,16 +337,16 @@ _RSA_SIG_BYTES = {128, 256, 384, 512}
 _SIG_BYTES = {"ES256": {64}, "ES384": {96}, "ES512": {132}, "EdDSA": {64}}
 
 
-def _check_signature_length(sig: object, header: object, where: str, path: Optional[str]) -> None:
+def _signature_problem(sig: bytes, header: dict[str, Any]) -> Optional[str]:
     """A file truncated inside the signature can still be valid base64: catch it by length, so
     a cut token is refused here rather than sent and rejected by the server."""
-    alg = header.get("alg") if isinstance(header, dict) else None
-    if not isinstance(alg, str) or not isinstance(sig, bytes):
-        return
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        return None
     sizes = _RSA_SIG_BYTES if alg[:2] in ("RS", "PS") else _SIG_BYTES.get(alg)
     if sizes is not None and len(sig) not in sizes:
-        raise MalformedTokenError(
-            f"{where}the {alg} signature is {len(sig)} bytes, not {' or '.join(map(str, sorted(sizes)))}: "
-            "the file is truncated or corrupt",
-            path=path,
+        return (
+            f"the {alg} signature is {len(sig)} bytes, not {' or '.join(map(str, sorted(sizes)))}: "
+            "the file is truncated or corrupt"
         )
+    return None

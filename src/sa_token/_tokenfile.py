@@ -66,26 +66,32 @@ class TokenFile(HubFile):
         if inside():  # a finalizer inside our own locked work: no lock may be waited for here
             return
         nows = [(view, view.now()) for view in list(self.views.values())]  # clocks: not under the lock
-        rotated: list[tuple[FileView, Token, list[Any]]] = []
         notes = Notes()
         with self.lock:
             if seen is not None and seen != self.generation:
                 return
-            result = self._read()
-            for view, now in nows:
-                tok = view.accept(result, self.generation, now, notes)
-                if tok is not None:
-                    rotated.append((view, tok, list(view.listening)))
-            # A view made after the clocks were read took the previous read: read once more.
-            late = not set(self.views.values()) <= {view for view, _ in nows}
-            for key in [k for k, v in self.views.items() if v.vacant()]:
-                del self.views[key]  # no source left (its deadline went with the last one)
+            rotated, late = self._dispatch(self._read(), nows, notes)
         notes.say()
-        for _, tok, listeners in rotated:
+        for tok, listeners in rotated:
             for src in listeners:
                 src._subscribers.notify(tok)
         if late:
             HUB.defer(self.refresh)
+
+    def _dispatch(
+        self, result: Union[Token, TokenError], nows: list[tuple[FileView, float]], notes: Notes
+    ) -> tuple[list[tuple[Token, list[Any]]], bool]:
+        """Under the lock: hand a read to each view. Returns the rotations (the new token and
+        the sources to tell), and whether a view made after the clocks were read missed it."""
+        rotated = []
+        for view, now in nows:
+            tok = view.accept(result, self.generation, now, notes)
+            if tok is not None:
+                rotated.append((tok, list(view.listening)))
+        late = not set(self.views.values()) <= {view for view, _ in nows}  # it took the previous read
+        for key in [k for k, v in self.views.items() if v.vacant()]:
+            del self.views[key]  # no source left (its deadline went with the last one)
+        return rotated, late
 
     def _read(self) -> Union[Token, TokenError]:
         found: list[Identity] = []

@@ -94,14 +94,11 @@ class SubjectTokenSupplier(identity_pool.SubjectTokenSupplier):
         source = require_source(source, "sa_token.google.SubjectTokenSupplier()")
         self._config = config
         self._info: Optional[dict[str, Any]] = None
-        bound = getattr(source, "audiences", None)
-        if audience is None and bound is not None and len(bound) == 1:
-            audience = bound[0]  # a source bound to one audience: that is the provider's audience
+        audience = audience or _bound_audience(source)
         if source is None or audience is None:
             self._config, self._info = _load(config)
         info = self._info or {}
-        provider = str(info.get("audience") or "")
-        self.audience = audience or ("https:" + provider if provider.startswith("//") else provider)
+        self.audience = audience or _provider(info)
         if not self.audience:
             raise ConfigurationError(
                 f"Google: no audience: pass audience= or set it in {_fmt.path(self._config)}"
@@ -133,6 +130,18 @@ class SubjectTokenSupplier(identity_pool.SubjectTokenSupplier):
             info, subject_token_supplier=self, scopes=scopes or list(DEFAULT_SCOPES), **kwargs
         )
         return creds
+
+
+def _bound_audience(source: Optional[TokenSource]) -> Optional[str]:
+    """A source bound to one audience: that is the provider's audience."""
+    bound = getattr(source, "audiences", None)
+    return bound[0] if bound is not None and len(bound) == 1 else None
+
+
+def _provider(info: dict[str, Any]) -> str:
+    """The configuration's audience (``//iam.googleapis.com/...`` as an ``https:`` URL)."""
+    provider = str(info.get("audience") or "")
+    return "https:" + provider if provider.startswith("//") else provider
 
 
 class Credentials(identity_pool.Credentials):

@@ -154,14 +154,7 @@ class _Vault:
                              reason="unreachable", transient=True)
         if resp.ok:
             return resp.json() if resp.content else None
-        try:
-            errors = resp.json().get("errors") or []
-        except ValueError:
-            errors = [resp.text]
-        # Through the one formatter: a Vault (or a proxy) that echoes the login request must not
-        # put the projected token into the message, the repr or server_message.
-        said = _fmt.text(" ".join(" ".join(str(e).split()) for e in errors), limit=MAX_SHOWN_ERROR)
-        said = said or _fmt.text(resp.reason)
+        said = _said(resp)
         busy = resp.status_code in RETRY_LATER or (tok is not None and resp.status_code >= 500)
         hint = "; " + self._hint(said, tok) if tok else ""
         raise VaultLoginError(f"Vault {self.url} refused to {what} (HTTP {resp.status_code}): {said}{hint}",
@@ -180,6 +173,18 @@ class _Vault:
         cred = _Issued(auth["client_token"], auth.get("accessor") or "", tuple(auth.get("policies") or ()),
                        auth.get("token_type") or "service")
         return Grant(cred, float(auth.get("lease_duration") or 0), bool(auth.get("renewable")))
+
+
+def _said(resp: Any) -> str:
+    """What Vault said in a refusal, through the one formatter: a Vault (or a proxy) that
+    echoes the login request must not put the projected token into the message, the repr or
+    server_message."""
+    try:
+        errors = resp.json().get("errors") or []
+    except ValueError:
+        errors = [resp.text]
+    said = _fmt.text(" ".join(" ".join(str(e).split()) for e in errors), limit=MAX_SHOWN_ERROR)
+    return said or _fmt.text(resp.reason)
 
 
 class VaultAuth:

@@ -136,22 +136,53 @@ def _warnings(tok: Token, mount: dict[str, Any], now: float) -> list[str]:
 
 
 def _render(out: Output, tok: Token, r: dict[str, Any], now: float) -> None:
+    out.table(_rows(tok, r, now))
+    for w in r["warnings"]:
+        out.line(warn(f"warning: {w}"))
+    if not r["valid"]:
+        out.line(bad(f"reason: {r['reason']}"))
+    out.line(dim("claims (decoded, signature not verified: a pod has no key; the API server checks it):"))
+    out.lines(json.dumps(dict(tok.claims), indent=2, sort_keys=True, default=str))
+
+
+def _rows(tok: Token, r: dict[str, Any], now: float) -> list[tuple[str, Part]]:
     def when(value: _fmt.Instant) -> str:
         return "-" if value is None else f"{_fmt.iso(value)}  ({_fmt.relative(value, now)})"
 
-    f, m = r["file"], r["mount"]
+    f = r["file"]
     owner = f"owner {f['owner'] or '?'} ({f['uid']}), group {f['group'] or '?'} ({f['gid']})"
-    mount: Part = (
-        f"projected volume {m['volume_root']} (..data -> {m['data_dir']}); rotates in place"
-        if m["kind"] == "projected"
-        else warn("static file: no ..data in any parent directory; will NEVER rotate (subPath mount?)")
-    )
     due = tok.rotation_due_at
     rows: list[tuple[str, Part]] = [
         ("path", r["path"]),
         ("status", ok("valid") if r["valid"] else bad(f"INVALID: {r['status']}")),
-        ("mount", mount),
+        ("mount", _mount(r["mount"])),
         ("file", f"mode {f['mode']}, {owner}"),
+        *_identity_rows(tok),
+        ("issued", when(_claim(tok, "iat"))),
+        ("not before", when(_claim(tok, "nbf"))),
+        ("expires", when(_claim(tok, "exp"))),
+    ]
+    if tok.warn_after is not None:
+        rows.append(("warn after", when(tok.warn_after) + "  (the real end of an extended token)"))
+    rotation = "-" if due is None else (
+        f"{_fmt.iso(due)}  ({_fmt.relative(due, now)}; the kubelet rotates at 80% of the lifetime)"
+    )
+    return [
+        *rows,
+        ("remaining", _left(r["remaining_seconds"], r["lifetime_seconds"])),
+        ("rotation due", rotation),
+        ("header", " ".join(f"{k}={v}" for k, v in sorted(tok.header.items()))),
+    ]
+
+
+def _mount(m: dict[str, Any]) -> Part:
+    if m["kind"] == "projected":
+        return f"projected volume {m['volume_root']} (..data -> {m['data_dir']}); rotates in place"
+    return warn("static file: no ..data in any parent directory; will NEVER rotate (subPath mount?)")
+
+
+def _identity_rows(tok: Token) -> list[tuple[str, Part]]:
+    return [
         ("issuer", tok.issuer or "-"),
         ("subject", tok.subject or "-"),
         ("audiences", ", ".join(tok.audiences) or "-"),
@@ -159,29 +190,7 @@ def _render(out: Output, tok: Token, r: dict[str, Any], now: float) -> None:
         ("service account", tok.service_account or "-"),
         ("pod", tok.pod or "-"),
         ("node", tok.node or "-"),
-        ("issued", when(_claim(tok, "iat"))),
-        ("not before", when(_claim(tok, "nbf"))),
-        ("expires", when(_claim(tok, "exp"))),
     ]
-    if tok.warn_after is not None:
-        rows.append(("warn after", when(tok.warn_after) + "  (the real end of an extended token)"))
-    rows += [
-        ("remaining", _left(r["remaining_seconds"], r["lifetime_seconds"])),
-        (
-            "rotation due",
-            "-"
-            if due is None
-            else f"{_fmt.iso(due)}  ({_fmt.relative(due, now)}; the kubelet rotates at 80% of the lifetime)",
-        ),
-        ("header", " ".join(f"{k}={v}" for k, v in sorted(tok.header.items()))),
-    ]
-    out.table(rows)
-    for w in r["warnings"]:
-        out.line(warn(f"warning: {w}"))
-    if not r["valid"]:
-        out.line(bad(f"reason: {r['reason']}"))
-    out.line(dim("claims (decoded, signature not verified: a pod has no key; the API server checks it):"))
-    out.lines(json.dumps(dict(tok.claims), indent=2, sort_keys=True, default=str))
 
 
 def _left(remaining: Optional[float], lifetime: Optional[float]) -> str:

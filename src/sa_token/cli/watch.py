@@ -75,53 +75,74 @@ def run(args: argparse.Namespace) -> int:
 def _loop(
     args: argparse.Namespace, out: Output, src: TokenSource, events: queue.Queue[tuple[str, Any]]
 ) -> int:
-    start = _clock.wall()
-    deadline = math.inf if args.timeout is None else _clock.mono() + args.timeout
-    tok = _latest(src)
-    _start(args, out, src, tok, start)
-    iat = tok.claims.get("iat")
-    last_at = float(iat) if iat is not None else start
-    rotations = 0
-    expired_reported: Optional[str] = None
-    stop_reason = "signal"
+    watch = _Watch(args, out, src)
     try:
-        while True:
-            if args.max_rotations is not None and rotations >= args.max_rotations:
-                stop_reason = "max-rotations"
-                break
-            if _clock.mono() >= deadline:
-                stop_reason = "timeout"
-                break
-            try:
-                kind, payload = events.get(timeout=min(WATCH_TICK, max(0.0, deadline - _clock.mono())))
-            except queue.Empty:
-                now = _clock.wall()
-                problem = _validity.time_error(tok, now, _validity.DEFAULT_LEEWAY, src.path)
-                key = str(tok.claims.get("jti", id(tok)))
-                if isinstance(problem, TokenExpiredError) and expired_reported != key:  # once per token
-                    expired_reported = key
-                    _event(args, out, "expired", now, message=str(problem))
-                continue
-            now = _clock.wall()
-            if kind == "rotation":
-                tok = payload
-                rotations += 1
-                _event(args, out, kind, now, token=tok, since_last=now - last_at, count=rotations)
-                last_at = now
-            else:
-                _event(args, out, kind, now, message=payload)
+        reason = watch.run(events)
     except (KeyboardInterrupt, Stop):
-        stop_reason = "signal"
-    if args.json:
-        out.json(
-            {"event": "stop", "at": _fmt.iso(_clock.wall()), "reason": stop_reason, "rotations": rotations}
-        )
-    else:
-        out.line(f"stopped ({stop_reason}) after {rotations} rotation(s)")
-    if stop_reason == "timeout" and args.max_rotations is not None:
-        fail(f"timed out after {args.timeout:g}s with {rotations} of {args.max_rotations} rotations")
-        return EXIT_INVALID
-    return EXIT_OK
+        reason = "signal"
+    return watch.stop(reason)
+
+
+class _Watch:
+    """One ``sa-token watch`` run: the current token, the rotations seen, what was reported."""
+
+    def __init__(self, args: argparse.Namespace, out: Output, src: TokenSource) -> None:
+        self.args, self.out, self.src = args, out, src
+        start = _clock.wall()
+        self.deadline = math.inf if args.timeout is None else _clock.mono() + args.timeout
+        self.tok = _latest(src)
+        _start(args, out, src, self.tok, start)
+        iat = self.tok.claims.get("iat")
+        self.last_at = float(iat) if iat is not None else start
+        self.rotations = 0
+        self.expired_reported: Optional[str] = None
+
+    def run(self, events: queue.Queue[tuple[str, Any]]) -> str:
+        """Report events until a limit is reached; returns why it stopped."""
+        while True:
+            if self.args.max_rotations is not None and self.rotations >= self.args.max_rotations:
+                return "max-rotations"
+            if _clock.mono() >= self.deadline:
+                return "timeout"
+            try:
+                kind, payload = events.get(timeout=min(WATCH_TICK, max(0.0, self.deadline - _clock.mono())))
+            except queue.Empty:
+                self._idle()
+                continue
+            self._event(kind, payload)
+
+    def _idle(self) -> None:
+        """Nothing happened: report an expiry, once per token."""
+        now = _clock.wall()
+        problem = _validity.time_error(self.tok, now, _validity.DEFAULT_LEEWAY, self.src.path)
+        key = str(self.tok.claims.get("jti", id(self.tok)))
+        if isinstance(problem, TokenExpiredError) and self.expired_reported != key:
+            self.expired_reported = key
+            _event(self.args, self.out, "expired", now, message=str(problem))
+
+    def _event(self, kind: str, payload: Any) -> None:
+        now = _clock.wall()
+        if kind != "rotation":
+            _event(self.args, self.out, kind, now, message=payload)
+            return
+        self.tok = payload
+        self.rotations += 1
+        since = now - self.last_at
+        _event(self.args, self.out, kind, now, token=self.tok, since_last=since, count=self.rotations)
+        self.last_at = now
+
+    def stop(self, reason: str) -> int:
+        args, rotations = self.args, self.rotations
+        if args.json:
+            self.out.json(
+                {"event": "stop", "at": _fmt.iso(_clock.wall()), "reason": reason, "rotations": rotations}
+            )
+        else:
+            self.out.line(f"stopped ({reason}) after {rotations} rotation(s)")
+        if reason == "timeout" and args.max_rotations is not None:
+            fail(f"timed out after {args.timeout:g}s with {rotations} of {args.max_rotations} rotations")
+            return EXIT_INVALID
+        return EXIT_OK
 
 
 def _mode(src: TokenSource) -> str:

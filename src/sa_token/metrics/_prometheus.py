@@ -38,29 +38,38 @@ class SaTokenCollector(Collector):
         # Samples built here and appended directly: a scrape of a thousand files makes
         # thousands, and a call of add_sample for each would be a third of the scrape's cost.
         n = {f: m.name + "_total" if f.kind == "counter" else m.name for f, m in fams.items()}
-        rows = [(_token_labels(s.path, s.audience), s) for s in _readings.token_series()]
-        r = _readings
-        fams[r.EXPIRY].samples += [Sample(n[r.EXPIRY], ls[0], s.expiry) for ls, s in rows]
-        fams[r.ROTATION_DUE].samples += [Sample(n[r.ROTATION_DUE], ls[0], s.rotation_due) for ls, s in rows]
-        fams[r.LAST_RELOAD].samples += [Sample(n[r.LAST_RELOAD], ls[0], s.last_reload) for ls, s in rows]
-        fams[r.RELOADS].samples += [
-            Sample(n[r.RELOADS], labels, float(count))
-            for ls, s in rows
-            for labels, count in ((ls[1], s.reads), (ls[2], s.failures))
-        ]
-        fams[r.STALE].samples += [Sample(n[r.STALE], ls[0], float(s.stale)) for ls, s in rows]
-        fams[r.WATCH_INOTIFY].samples += [
-            Sample(n[r.WATCH_INOTIFY], ls[0], float(s.inotify)) for ls, s in rows
-        ]
-        for client, count in r.auth_retries().items():
-            fams[r.AUTH_RETRIES].add_sample(n[r.AUTH_RETRIES], {"client": client}, float(count))
-        for c in r.credential_series():
-            labels = {"kind": c.kind, **_token_labels(c.path, c.audience)[0]}
-            fams[r.CREDENTIAL_EXPIRY].add_sample(n[r.CREDENTIAL_EXPIRY], labels, c.expiry)
-        for b in r.ca_series():
-            fams[r.CA_GENERATION].add_sample(n[r.CA_GENERATION], {"path": b.path}, float(b.generation))
-            fams[r.CA_LAST_CHANGE].add_sample(n[r.CA_LAST_CHANGE], {"path": b.path}, b.last_change)
+        _token_samples(fams, n)
+        _other_samples(fams, n)
         return iter(fams.values())
+
+
+def _token_samples(fams: dict[Family, Metric], n: dict[Family, str]) -> None:
+    rows = [(_token_labels(s.path, s.audience), s) for s in _readings.token_series()]
+    r = _readings
+    fams[r.EXPIRY].samples += [Sample(n[r.EXPIRY], ls[0], s.expiry) for ls, s in rows]
+    fams[r.ROTATION_DUE].samples += [Sample(n[r.ROTATION_DUE], ls[0], s.rotation_due) for ls, s in rows]
+    fams[r.LAST_RELOAD].samples += [Sample(n[r.LAST_RELOAD], ls[0], s.last_reload) for ls, s in rows]
+    fams[r.RELOADS].samples += [
+        Sample(n[r.RELOADS], labels, float(count))
+        for ls, s in rows
+        for labels, count in ((ls[1], s.reads), (ls[2], s.failures))
+    ]
+    fams[r.STALE].samples += [Sample(n[r.STALE], ls[0], float(s.stale)) for ls, s in rows]
+    fams[r.WATCH_INOTIFY].samples += [
+        Sample(n[r.WATCH_INOTIFY], ls[0], float(s.inotify)) for ls, s in rows
+    ]
+
+
+def _other_samples(fams: dict[Family, Metric], n: dict[Family, str]) -> None:
+    r = _readings
+    for client, count in r.auth_retries().items():
+        fams[r.AUTH_RETRIES].add_sample(n[r.AUTH_RETRIES], {"client": client}, float(count))
+    for c in r.credential_series():
+        labels = {"kind": c.kind, **_token_labels(c.path, c.audience)[0]}
+        fams[r.CREDENTIAL_EXPIRY].add_sample(n[r.CREDENTIAL_EXPIRY], labels, c.expiry)
+    for b in r.ca_series():
+        fams[r.CA_GENERATION].add_sample(n[r.CA_GENERATION], {"path": b.path}, float(b.generation))
+        fams[r.CA_LAST_CHANGE].add_sample(n[r.CA_LAST_CHANGE], {"path": b.path}, b.last_change)
 
 
 @functools.lru_cache(maxsize=4096)  # one entry per series, as _readings' own label cache
