@@ -60,7 +60,7 @@ def _worker(n_sources: int, n_volumes: int, scrapes: int) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from sa_token import TokenSource
-    from sa_token._source import live_sources
+    from sa_token._live import live_sources
     from sa_token.metrics import register
     from sa_token.testing import ProjectedVolume
 

@@ -20,13 +20,13 @@ One at-fork handler serves the whole process: the child closes its copies of the
 descriptors (without using them: they are shared with the parent), gives every lock-holding
 object a fresh lock, starts its own thread and re-reads every file once.
 
-What to watch and the inotify calls are in `sa_token._inotify`; the deadline heap is
-`sa_token._deadlines`. The hub keeps the registry, the thread and fork recovery.
+The inotify instance and the directory watches are `sa_token._watches` (the system calls,
+`sa_token._inotify`); the deadline heap is `sa_token._deadlines`. The hub keeps the registry,
+the thread and fork recovery.
 """
 
 from __future__ import annotations
 
-import errno
 import functools
 import math
 import os
@@ -37,24 +37,17 @@ import time
 import weakref
 from typing import Callable, Optional, TypeVar
 
-from . import _clock, _fmt, _inotify, _log
+from . import _clock, _fmt, _inotify
 from ._deadlines import Deadlines
 from ._inotify import (
     DATA_DIR,
-    ENTRY_EVENTS,
-    IN_Q_OVERFLOW,
-    LOST,
-    NO_INOTIFY,
-    REARM_FIRST,
-    REARM_MAX,
-    TRANSIENT_ERRNOS,
     DirWatch,
-    describe_error,
     volume_root,
     watch_targets,
 )
 from ._locks import Notes, OwnedLock, inside, say
 from ._log import log
+from ._watches import Watches
 from .errors import ThreadStartError
 
 __all__ = ["DATA_DIR", "HUB", "Hub", "HubFile", "at_fork_in_child", "volume_root", "watch_targets"]
@@ -122,19 +115,13 @@ class Hub:
         self.notes = Notes()  # what to log once the lock is released (`_say`)
         self.files: dict[str, HubFile] = {}
         self.tracked: weakref.WeakSet[HubFile] = weakref.WeakSet()  # every lock holder, for fork
-        self.dirs: dict[str, DirWatch] = {}
-        self.wds: dict[int, list[DirWatch]] = {}  # two paths to one directory share its wd
+        self.watches = Watches(self)  # the inotify instance and the directory watches
         self.deadlines = Deadlines()  # on the hub's clock (`_mono`); carried over a fork whole
         # Work queued without the lock (finalizers, a close() re-entered under our own lock):
         # releases (file, watch, deadline slot), done under the lock by the next registration or
         # the thread; and calls, made by the thread outside the lock.
         self.deferred: list[tuple[HubFile, bool, Optional[object]]] = []
         self.later: list[Callable[[], None]] = []
-        self.inotify_fd: Optional[int] = None
-        self.unavailable = NO_INOTIFY  # why inotify can never be used here (the platform)
-        self.inotify_delay = REARM_FIRST  # the next retry of a failed inotify_init1 (EMFILE...)
-        self.inotify_down: Optional[str] = None  # why inotify_init1 fails, during an outage (warned)
-        self.inotify_retrying = False  # a retry of inotify_init1 is scheduled
         self.warned: set[str] = set()
         self.wake_r = self.wake_w = None
         self.started = True  # False in a forked child until its first use
@@ -173,7 +160,7 @@ class Hub:
             if watch:
                 f.watch_refs += 1
                 if f.watch_refs == 1:
-                    self._watch(f)
+                    self.watches.watch(f)
             thread = self._start()
         failure = self._run_thread(thread)
         if failure is not None:
@@ -214,7 +201,7 @@ class Hub:
         if watch:
             f.watch_refs -= 1
             if f.watch_refs == 0:
-                self._unwatch(f)
+                self.watches.unwatch(f)
         if f.refs == 0 and self.files.get(f.key) is f:
             del self.files[f.key]
 
@@ -292,138 +279,18 @@ class Hub:
             log.warning("sa-token: %s; tokens are still checked and re-read on use", failure)
 
     # ------------------------------------------------------------------ inotify -------------
-    def _watch(self, f: HubFile) -> None:
-        """Register ``f``'s directories; arm those not armed (once inotify is available)."""
-        self._ensure_inotify()
-        for directory, names in watch_targets(f.path).items():
-            dw = self.dirs.get(directory)
-            if dw is None:
-                dw = self.dirs[directory] = DirWatch(directory)
-            for name in names:
-                dw.names.setdefault(name, set()).add(f)
-            f.dirs.append(dw)
-            if dw.wd is None:
-                self._arm(dw)
-
-    def _unwatch(self, f: HubFile) -> None:
-        for dw in f.dirs:
-            for name, fs in list(dw.names.items()):
-                fs.discard(f)
-                if not fs:
-                    del dw.names[name]
-            if not dw.names and self.dirs.get(dw.directory) is dw:
-                del self.dirs[dw.directory]
-                self._disarm(dw)
-        f.dirs = []
-
-    def _ensure_inotify(self) -> bool:
-        """Whether an inotify instance exists, making one if need be (under the lock). A failure
-        for want of descriptors or memory (EMFILE, ENFILE, ENOMEM) is retried with backoff,
-        never remembered for good; only a platform without inotify is."""
-        if self.inotify_fd is not None:
-            return True
-        if self.unavailable is not None or not self.started:
-            return False
-        fd = _inotify.init()
-        if fd < 0:
-            code = -fd
-            why = describe_error(code)
-            if code not in TRANSIENT_ERRNOS:
-                self.unavailable = why
-            elif not self.inotify_retrying:
-                self.inotify_retrying = True
-                self._schedule(self.inotify_delay, self._retry_inotify, "inotify")
-                self.inotify_delay = min(self.inotify_delay * 2, REARM_MAX)
-            if self.inotify_down is None:  # once per outage
-                self.inotify_down = why
-                self.notes.add(
-                    _log.WARNING,
-                    "sa-token: %s; tokens are re-read by the fallback timer instead (every "
-                    "refresh_interval and at each token's rotation point)%s",
-                    why,
-                    "" if self.unavailable else " until an inotify instance can be made (retried "
-                    "with backoff, every minute at most)",
-                )
-            return False
-        self.inotify_fd = fd
-        self.inotify_delay = REARM_FIRST
-        if self.inotify_down is not None:
-            self.inotify_down = None
-            self.notes.add(_log.INFO, "sa-token: inotify is available again: rotations are watched")
-        self._poke()  # the thread polls the new descriptor from now on
-        return True
-
-    def _retry_inotify(self) -> None:
-        """Deadline: make the inotify instance that failed; if it works, arm every directory and
-        re-read their files (they may have changed while nobody watched)."""
-        files: set[HubFile] = set()
-        with self.lock:
-            self.inotify_retrying = False  # a failure now schedules the next retry
-            if self.inotify_fd is None and self._ensure_inotify():
-                for dw in self.dirs.values():
-                    if dw.wd is None and self._arm(dw):
-                        files |= dw.files()
-        self._say()
-        for f in files:
-            _refresh(f)
-
-    def _arm(self, dw: DirWatch) -> bool:
-        if self.inotify_fd is None:
-            return False  # armed with the others once an inotify instance exists
-        wd = _inotify.add_watch(self.inotify_fd, dw.directory)
-        if wd < 0:
-            code = -wd
-            if code in (errno.ENOSPC, errno.ENOMEM) and "limit" not in self.warned:
-                self.warned.add("limit")  # once per process: the limit is the node's, not ours
-                self.notes.add(
-                    _log.WARNING,
-                    "sa-token: cannot watch %s: %s; its tokens are re-read by the fallback timer "
-                    "until a watch can be armed (retried every minute at most)",
-                    _fmt.path(dw.directory),
-                    describe_error(code),
-                )
-            self._schedule(dw.rearm_delay, functools.partial(self._rearm, dw))
-            dw.rearm_delay = min(dw.rearm_delay * 2, REARM_MAX)
-            return False
-        dw.wd = wd
-        dw.rearm_delay = REARM_FIRST
-        self.wds.setdefault(wd, []).append(dw)
-        return True
-
-    def _disarm(self, dw: DirWatch) -> None:
-        wd, dw.wd = dw.wd, None
-        if wd is None:
-            return
-        sharing = self.wds.get(wd, [])
-        if dw in sharing:
-            sharing.remove(dw)
-        if not sharing:
-            self.wds.pop(wd, None)
-            if self.inotify_fd is not None:
-                _inotify.rm_watch(self.inotify_fd, wd)
-
-    def _rearm(self, dw: DirWatch) -> None:
-        """Deadline: arm a watch that failed or was lost; if it works, re-read its files (they
-        may have changed while nobody watched)."""
-        with self.lock:
-            ok = self.dirs.get(dw.directory) is dw and dw.wd is None and self._arm(dw)
-            files = dw.files() if ok else set()
-        self._say()
-        for f in files:
-            _refresh(f)
-
     def watched_directories(self) -> dict[str, bool]:
         """Directories watched, and whether each watch is armed (for diagnostics and tests)."""
         with self.lock:
-            return {d: dw.wd is not None for d, dw in self.dirs.items()}
+            return self.watches.armed()
 
     def stats(self) -> dict[str, int]:
         """Counters for benchmarks and tests."""
         with self.lock:
             return {
                 "threads_started": self.threads_started,
-                "inotify_instances": 0 if self.inotify_fd is None else 1,
-                "watched_directories": len(self.dirs),
+                "inotify_instances": 0 if self.watches.fd is None else 1,
+                "watched_directories": len(self.watches.dirs),
                 "files": len(self.files),
                 "deadlines": len(self.deadlines),
                 "heap_entries": self.deadlines.size,
@@ -437,9 +304,7 @@ class Hub:
         if not self.started:
             self.wake_r, self.wake_w = _pipe()
             self.started = True
-            if any(f.watch_refs for f in self.files.values()) and self._ensure_inotify():
-                for dw in self.dirs.values():
-                    self._arm(dw)
+            self.watches.start(any(f.watch_refs for f in self.files.values()))
             # Rotations may have happened while nobody watched: re-read everything once.
             self._schedule(0.0, functools.partial(_refresh_all, list(self.files.values())))
         if self.thread is not None and (self.thread.is_alive() or self.thread in self.starting):
@@ -522,7 +387,7 @@ class Hub:
         with self.lock:
             self.sleeping_until = -math.inf
         for fd, _ in ready:
-            if fd == self.inotify_fd:
+            if fd == self.watches.fd:
                 self._on_inotify(fd)
             elif fd == self.wake_r:
                 _drain(fd)
@@ -536,7 +401,8 @@ class Hub:
         due = self.deadlines.pop_due(now)
         wake_r = self.wake_r
         assert wake_r is not None  # the thread runs only once started
-        fds = {wake_r} if self.inotify_fd is None else {wake_r, self.inotify_fd}
+        inotify_fd = self.watches.fd
+        fds = {wake_r} if inotify_fd is None else {wake_r, inotify_fd}
         next_due = self.deadlines.next_due()
         timeout = min(next_due - now, MAX_SLEEP) if next_due < math.inf else math.inf
         busy = bool(due or self.later or self.deferred)
@@ -547,21 +413,9 @@ class Hub:
         events = _inotify.read_events(fd)
         if not events:
             return
-        changed: dict[HubFile, None] = {}  # ordered, no duplicates
         with self.lock:
-            for wd, mask, name in events:
-                if mask & IN_Q_OVERFLOW:  # the kernel dropped events: re-read every watched file
-                    changed.update(dict.fromkeys(f for dw in self.dirs.values() for f in dw.files()))
-                    continue
-                for dw in list(self.wds.get(wd, ())):
-                    if mask & LOST:  # the directory itself went away: re-read, re-arm later
-                        self.wds.pop(wd, None)
-                        dw.wd = None
-                        changed.update(dict.fromkeys(dw.files()))
-                        if self.dirs.get(dw.directory) is dw:
-                            self._schedule(dw.rearm_delay, functools.partial(self._rearm, dw))
-                    elif mask & ENTRY_EVENTS:
-                        changed.update(dict.fromkeys(dw.names.get(name, ())))
+            changed = self.watches.changed_by(events)
+        self._say()  # (a lost directory's re-arm is scheduled, nothing said)
         for f in changed:
             _refresh(f)
 
@@ -600,18 +454,17 @@ class Hub:
         self.lock.release()  # taken by _before_fork in this thread: its count of held locks too
         tracked = list(self.tracked)
         # Registrations and deadlines carry over (the deadlines whole, their numbering too).
-        kept = (self.files, self.dirs, self.deadlines, self._fork_hooks)
-        for fd in (self.inotify_fd, self.wake_r, self.wake_w):  # ours are copies: close, never use
+        self.watches.forked()  # its descriptor is the parent's copy: closed, never used
+        kept = (self.files, self.watches, self.deadlines, self._fork_hooks)
+        for fd in (self.wake_r, self.wake_w):  # ours are copies: close, never use
             if fd is not None:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
         self._init()
-        self.files, self.dirs, self.deadlines, self._fork_hooks = kept
+        self.files, self.watches, self.deadlines, self._fork_hooks = kept
         self.started = False
-        for dw in self.dirs.values():
-            dw.wd = None
         for obj in tracked:
             self.tracked.add(obj)
             _call(obj.after_fork_in_child)

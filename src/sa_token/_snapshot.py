@@ -3,13 +3,14 @@ public `TokenStatus` built from it. No I/O, no locks: plain values."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 from ._token import Token
+from ._validity import stale_for, time_error
 from .errors import TokenError
 
-__all__ = ["Snapshot", "TokenStatus"]
+__all__ = ["Snapshot", "TokenStatus", "status_of"]
 
 
 class Snapshot:
@@ -108,3 +109,36 @@ class TokenStatus:
 
     def __repr__(self) -> str:
         return f"TokenStatus({', '.join(f'{n}={getattr(self, n)!r}' for n in self._FIELDS)})"
+
+
+def status_of(
+    snap: Snapshot, now: float, *, path: str, audiences: Optional[tuple[str, ...]], leeway: float,
+    watching: str,
+) -> TokenStatus:
+    """A source's `TokenStatus` from its snapshot (``watching`` is ``"closed"`` once closed)."""
+    tok = snap.token
+    problem: Optional[str] = "closed" if watching == "closed" else None
+    if problem is None:
+        err = time_error(tok, now, leeway, path)
+        problem = None if err is None else err.reason
+    return TokenStatus(
+        path=path,
+        audiences=audiences,
+        valid=problem is None,
+        reason=problem,
+        expires_at=tok.expires_at,
+        rotation_due_at=tok.rotation_due_at,
+        stale=stale_for(tok, now) is not None,
+        last_read_at=_utc(snap.read_at),
+        last_error=None if snap.error is None else str(snap.error),
+        watching=watching,
+        reads=snap.reads,
+        failures=snap.failures,
+    )
+
+
+def _utc(ts: float) -> Optional[datetime]:
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None

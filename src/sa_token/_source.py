@@ -21,30 +21,25 @@ import os
 import time
 import weakref
 from collections.abc import Iterable
-from datetime import datetime, timezone
-from typing import Callable, NamedTuple, Optional, TypeVar, Union
+from datetime import datetime
+from typing import Callable, Optional, TypeVar, Union
 
 from . import _clock, _fmt
 from ._hub import HUB
 from ._locks import inside
-from ._log import log
-from ._snapshot import Snapshot, TokenStatus
+from ._snapshot import Snapshot, TokenStatus, status_of
 from ._subscribers import Subscribers
 from ._token import Token
 from ._tokenfile import REQUEST_GRACE, FileView, TokenFile, copy_error
-from ._validity import DEFAULT_LEEWAY, STALE_MARGIN, Expectations, stale_for, time_error
-from .errors import TokenValidationError
+from ._validity import DEFAULT_LEEWAY, STALE_MARGIN, Expectations, time_error
 
 __all__ = [
     "DEFAULT_LEEWAY",
     "DEFAULT_TOKEN_PATH",
     "REQUEST_GRACE",
     "STALE_MARGIN",
-    "SourceReading",
     "TokenSource",
     "TokenStatus",
-    "live_readings",
-    "live_sources",
     "require_source",
 ]
 
@@ -66,60 +61,6 @@ class _Closed:
 
     def __init__(self, snap: Snapshot) -> None:
         self.snap = snap._replace(serve_until=-math.inf, refresh_at=math.inf)
-
-
-def _views() -> list[FileView]:
-    with HUB.lock:
-        files = [f for f in HUB.files.values() if isinstance(f, TokenFile)]
-    return [view for f in files for view in list(f.views.values())]
-
-
-def live_sources() -> list[TokenSource]:
-    """Every open `TokenSource` in the process (no I/O)."""
-    return [src for view in _views() for src in list(view.sources)]
-
-
-class SourceReading(NamedTuple):
-    """One open source's numbers, for the metrics collectors: what `TokenSource.status` says,
-    as POSIX seconds, without building datetimes or messages (a scrape reads every source)."""
-
-    path: str
-    audiences: Optional[tuple[str, ...]]
-    expiry: float  # exp; +inf without exp
-    rotation_due: float  # the rotation point; +inf without one
-    last_read: float  # when the current token was read (clock time)
-    stale: bool
-    inotify: bool
-    reads: int
-    failures: int
-
-
-def live_readings() -> list[SourceReading]:
-    """`SourceReading` of every open source: one snapshot read per view, no I/O, no lock held."""
-    out = []
-    for view in _views():
-        snap = view.snap  # one attribute read: a consistent view
-        tok = snap.token
-        due = tok._rotation_ts
-        stale = stale_for(tok, view.now()) is not None
-        inotify = view.file.watching  # one watch per file, shared by its sources
-        for src in list(view.sources):
-            if src._closed:
-                continue  # closed since it was listed
-            out.append(
-                SourceReading(
-                    src.path,
-                    src.audiences,
-                    tok._exp_ts,
-                    math.inf if due is None else due,
-                    snap.read_at,
-                    stale,
-                    inotify and src._watch,
-                    snap.reads,
-                    snap.failures,
-                )
-            )
-    return out
 
 
 def _audiences(audience: Union[str, Iterable[str], None]) -> Optional[tuple[str, ...]]:
@@ -204,7 +145,7 @@ class TokenSource:
         # once no source is left on it, from the hub's thread.
         self._finalizer = weakref.finalize(self, HUB.release_later, tfile, self._watch, self._shared)
         self._finalizer.atexit = False
-        self._warn_at_start(first)
+        tfile.warn_at_start(first, self._started, self.leeway)
 
     def _join(self, tfile: TokenFile) -> Token:
         if inside():
@@ -224,19 +165,6 @@ class TokenSource:
         self._view: Union[FileView, _Closed] = self._shared  # what token() reads
         self._started = now
         return first
-
-    def _warn_at_start(self, first: Token) -> None:
-        problem = time_error(first, self._started, self.leeway, self.path)
-        if problem is not None:
-            log.warning("sa-token: %s", problem)
-        if self._file.subpath_mount():
-            exp = first._exp_ts
-            log.warning(
-                "sa-token: token file %s is a subPath mount: the kubelet never updates it, so this "
-                "token will not rotate%s; mount the projected volume's directory instead",
-                _fmt.path(self.path),
-                f" and stops working at {_fmt.iso(exp)}" if math.isfinite(exp) else "",
-            )
 
     # ------------------------------------------------------------------ public API -------
     def token(self) -> str:
@@ -354,26 +282,10 @@ class TokenSource:
 
     def status(self) -> TokenStatus:
         """The source's state now: no I/O, no token. See `TokenStatus`."""
-        snap = self._view.snap
-        now = self._now()
-        tok = snap.token
-        problem: Optional[str] = "closed" if self._closed else None
-        if problem is None:
-            err = time_error(tok, now, self.leeway, self.path)
-            problem = None if err is None else err.reason
-        return TokenStatus(
-            path=self.path,
-            audiences=self.audiences,
-            valid=problem is None,
-            reason=problem,
-            expires_at=tok.expires_at,
-            rotation_due_at=tok.rotation_due_at,
-            stale=stale_for(tok, now) is not None,
-            last_read_at=_utc(snap.read_at),
-            last_error=None if snap.error is None else str(snap.error),
-            watching="closed" if self._closed else ("inotify" if self.watching else "timer"),
-            reads=snap.reads,
-            failures=snap.failures,
+        watching = "closed" if self._closed else ("inotify" if self.watching else "timer")
+        return status_of(
+            self._view.snap, self._now(), path=self.path, audiences=self.audiences, leeway=self.leeway,
+            watching=watching,
         )
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
@@ -449,27 +361,7 @@ class TokenSource:
     def _checked(self, now: float) -> Token:
         """The slow path: re-read if due (single flight), then serve or raise."""
         self._ensure_open()
-        snap = self._view.snap
-        if now >= snap.refresh_at:
-            HUB.ensure_running()
-            self._file.refresh(seen=snap.generation)
-            snap = self._view.snap
-            now = self._now()
-        problem = time_error(snap.token, now, self.leeway, self.path)
-        if problem is not None and snap.refresh_at > now and self._file.changed():
-            # No valid token to hand out, and the file is not the one last read (one stat): the
-            # kubelet may have rotated it since (watch=False, a missed event). Read it before
-            # raising; a file that keeps failing is still read at most once per retry delay.
-            self._file.refresh(seen=snap.generation)
-            snap = self._view.snap
-            now = self._now()
-            problem = time_error(snap.token, now, self.leeway, self.path)
-        if problem is not None:
-            err = snap.error
-            if err is not None and not isinstance(err, TokenValidationError):
-                problem.message += f"; the last re-read failed: {err}"  # a file error, not another expiry
-            raise problem
-        return snap.token
+        return self._shared.checked(now)
 
 
 def require_source(source: T, what: str) -> T:
@@ -495,10 +387,3 @@ def _timestamp(value: Union[float, datetime]) -> float:
             raise ValueError("older_than must be an aware datetime (or a POSIX timestamp)")
         return value.timestamp()
     return float(value)
-
-
-def _utc(ts: float) -> Optional[datetime]:
-    try:
-        return datetime.fromtimestamp(ts, tz=timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return None

@@ -22,11 +22,12 @@ from typing import Any, Callable, Optional, Union
 from . import _clock, _fmt, _log
 from ._hub import HUB, HubFile, volume_root
 from ._locks import Notes, inside
+from ._log import log
 from ._read import Identity, identity, on_memory_fs, read_token_file
 from ._snapshot import Snapshot
 from ._token import Token
 from ._validity import STALE_MARGIN, Expectations, binding_error, stale_for, time_error, valid_from
-from .errors import TokenError, TokenFileError
+from .errors import TokenError, TokenFileError, TokenValidationError
 
 __all__ = ["FAILED_READ_RETRY", "REQUEST_GRACE", "FileView", "TokenFile"]
 
@@ -160,6 +161,20 @@ class TokenFile(HubFile):
             self.in_subpath = volume_root(self.path) is None and _is_mount_point(self.path)
         return self.in_subpath
 
+    def warn_at_start(self, first: Token, now: float, leeway: float) -> None:
+        """What a new source says of its first token: unusable now, or never to be rotated."""
+        problem = time_error(first, now, leeway, self.path)
+        if problem is not None:
+            log.warning("sa-token: %s", problem)
+        if self.subpath_mount():
+            exp = first._exp_ts
+            log.warning(
+                "sa-token: token file %s is a subPath mount: the kubelet never updates it, so this "
+                "token will not rotate%s; mount the projected volume's directory instead",
+                _fmt.path(self.path),
+                f" and stops working at {_fmt.iso(exp)}" if math.isfinite(exp) else "",
+            )
+
     def after_fork_in_child(self) -> None:
         """At the fork: fresh locks, and every view's snapshot made due, so that the child's
         first use re-reads the file (and starts the watcher: `Hub.ensure_running`)."""
@@ -203,6 +218,29 @@ class FileView:
         """The deadline: re-read, unless another read came first (or nobody is left)."""
         if self.users:
             self.file.refresh(seen=self.snap.generation)
+
+    def checked(self, now: float) -> Token:
+        """The slow path of `TokenSource.token`: re-read if due (single flight), then serve or
+        raise."""
+        snap, tfile, leeway = self.snap, self.file, self.expect.leeway
+        if now >= snap.refresh_at:
+            HUB.ensure_running()
+            tfile.refresh(seen=snap.generation)
+            snap, now = self.snap, self.now()
+        problem = time_error(snap.token, now, leeway, tfile.path)
+        if problem is not None and snap.refresh_at > now and tfile.changed():
+            # No valid token to hand out, and the file is not the one last read (one stat): the
+            # kubelet may have rotated it since (watch=False, a missed event). Read it before
+            # raising; a file that keeps failing is still read at most once per retry delay.
+            tfile.refresh(seen=snap.generation)
+            snap, now = self.snap, self.now()
+            problem = time_error(snap.token, now, leeway, tfile.path)
+        if problem is not None:
+            err = snap.error
+            if err is not None and not isinstance(err, TokenValidationError):
+                problem.message += f"; the last re-read failed: {err}"  # a file error, not another expiry
+            raise problem
+        return snap.token
 
     def schedule(self, refresh_at: float, now: float) -> None:
         """Have the watcher thread re-read at ``refresh_at`` (replacing the planned re-read)."""

@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 
 from sa_token import _fmt, _observe
 from sa_token._ca import live_bundles
-from sa_token._source import SourceReading, live_readings
+from sa_token._live import SourceReading, live_readings
 
 log = logging.getLogger("sa_token")
 
