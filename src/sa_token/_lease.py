@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import logging
 import math
 import random
 import threading
@@ -38,7 +37,7 @@ import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
 
-from . import _clock, _fmt
+from . import _clock, _fmt, _log
 from ._hub import HUB, at_fork_in_child
 from ._lease_plan import (
     BACKOFF_MAX,
@@ -55,15 +54,17 @@ from ._lease_plan import (
     RenewRefused,
     Rotated,
     SameToken,
+    forked,
     next_plan,
 )
-from ._locks import Notes, OwnedLock, inside, say
+from ._lease_report import Report
+from ._locks import OwnedLock, inside, say
+from ._log import log
 from ._token import Token
 from .errors import ExchangeError, TokenError
 
 __all__ = ["GRACE_RANGE", "RENEW_FRACTION", "Authenticator", "ExchangeError", "Grant", "Lease", "LeaseKeeper"]
 
-log = logging.getLogger("sa_token")
 
 C = TypeVar("C")
 
@@ -139,30 +140,26 @@ class LeaseKeeper(Generic[C]):
             background=background,
             on_late=on_late,
         )
-        self.logins = 0  # successful logins and renewals in this process, for tests and metrics
-        self.renewals = 0
+        self._report = Report(name)  # log lines, warnings once each, counts of logins and renewals
         self._plan: Plan[C] = Plan()  # replaced whole under `_state`
         # Held by whoever renews or logs in (never by readers); not counted by `inside`: a login
         # reads its source, which takes the file's lock.
         self._work = OwnedLock(counted=False)
         self._state = threading.Lock()  # replacing the plan, and close(): held for a few lines
-        self._notes = Notes()  # what to log once `_work` is released (written under it)
         self._late: list[C] = []  # credentials obtained after close(), for on_late
         self._phase = "starting"  # "running", "forked" (a child before its first use), "closed"
-        self._warned: Optional[str] = None  # the last failure logged, so each is logged once
-        self._slot = object()  # this keeper's entry on the hub's deadline heap
+        self._slot = _Slot(self)  # its entry on the hub's deadline heap, its worker and subscription
         now = self._now()
         with self._work:
             self._login(now)
             plan = self._plan
             err = copy.copy(plan.error) if plan.lease is None else None
-            lines = self._notes.take()
+            lines = self._report.notes.take()
         say(lines)
         if err is not None:
             raise err
-        ref = weakref.ref(self)
-        self._unsubscribe = source.subscribe(lambda tok: _on_rotation(ref, tok))
-        weakref.finalize(self, _dropped, self._slot, self._unsubscribe)
+        self._slot.unsubscribe = source.subscribe(self._slot.rotated)
+        weakref.finalize(self, self._slot.dropped)
         with _KEEPERS_LOCK:
             _KEEPERS.add(self)
         self._phase = "running"
@@ -171,6 +168,16 @@ class LeaseKeeper(Generic[C]):
     @property
     def name(self) -> str:
         return self._cfg.name
+
+    @property
+    def logins(self) -> int:
+        """Successful logins in this process (for tests and metrics)."""
+        return self._report.logins
+
+    @property
+    def renewals(self) -> int:
+        """Successful renewals in this process."""
+        return self._report.renewals
 
     def __repr__(self) -> str:
         lease = self._plan.lease
@@ -219,7 +226,7 @@ class LeaseKeeper(Generic[C]):
             self._login_for(stale, now)
             plan = self._plan
             err = None if plan.error is None else copy.copy(plan.error)  # no traceback shared
-            lines = self._notes.take()
+            lines = self._report.notes.take()
         say(lines)
         self._hand_over_late()
         lease = plan.lease
@@ -264,7 +271,7 @@ class LeaseKeeper(Generic[C]):
                         self._login(now)
                     else:
                         self._renew(lease, now)
-                lines = self._notes.take()
+                lines = self._report.notes.take()
             say(lines)
             self._hand_over_late()
         return max(0.0, self._plan.next_at() - self._now())
@@ -296,7 +303,7 @@ class LeaseKeeper(Generic[C]):
             # login with the same token would be bound to the same expiry. Renew until then and
             # wait for the kubelet's rotation (the lease stays valid meanwhile).
             why = f"the projected token at {_fmt.path(self.source.path)} has not been rotated yet"
-            self._wait(now, SameToken(tok, self._no_token(why, "not-rotated")), why, level=logging.INFO)
+            self._wait(now, SameToken(tok, self._no_token(why, "not-rotated")), why, level=_log.INFO)
             return
         try:
             grant = self.exchange.login(tok)
@@ -304,19 +311,8 @@ class LeaseKeeper(Generic[C]):
             self._failed(now, exc, "log in")
             return
         plan = self._apply(Granted(grant, tok, renewal=False), now)
-        if plan is None or plan.lease is None:
-            return  # closed while the login was in flight: handed to on_late
-        self.logins += 1
-        self._recovered()
-        self._notes.add(
-            logging.INFO,
-            "sa-token: %s: logged in with the projected token %s (%s, valid for %s%s)",
-            self.name,
-            _describe(tok),
-            grant.credential,
-            _fmt.duration(plan.lease.expires_at - now),
-            ", renewable" if grant.renewable else ", not renewable",
-        )
+        if plan is not None and plan.lease is not None:  # (else closed meanwhile: handed to on_late)
+            self._report.logged_in(tok, grant, plan.lease, now)
 
     def _renew(self, lease: Lease[C], now: float) -> None:
         try:
@@ -325,25 +321,13 @@ class LeaseKeeper(Generic[C]):
             if exc.transient:
                 self._failed(now, exc, "renew")
                 return
-            why = exc.server_message or exc
-            self._notes.add(
-                logging.INFO, "sa-token: %s: renewal refused (%s); logging in again", self.name, why
-            )
+            self._report.renewal_refused(exc.server_message or exc)
             self._apply(RenewRefused(), now)  # retries log in, never renew it again
             self._login(now)
             return
         plan = self._apply(Granted(grant, lease.login_token, renewal=True), now)
-        if plan is None or plan.lease is None:
-            return
-        self.renewals += 1
-        self._recovered()
-        self._notes.add(
-            logging.DEBUG,
-            "sa-token: %s: renewed, valid for %s%s",
-            self.name,
-            _fmt.duration(plan.lease.expires_at - now),
-            " (capped by the maximum TTL: logging in again before it ends)" if plan.lease.capped else "",
-        )
+        if plan is not None and plan.lease is not None:
+            self._report.renewed(plan.lease, now)
 
     def _no_token(self, why: str, reason: str) -> ExchangeError:
         return self.exchange.error(
@@ -352,7 +336,7 @@ class LeaseKeeper(Generic[C]):
             reason="projected-token-" + reason,
         )
 
-    def _wait(self, now: float, outcome: Outcome[C], why: str, level: int = logging.WARNING) -> None:
+    def _wait(self, now: float, outcome: Outcome[C], why: str, level: int = _log.WARNING) -> None:
         plan = self._apply(outcome, now)
         if plan is not None and plan.waiting:
             what = f"waiting for the kubelet to rotate the projected token before logging in: {why}"
@@ -362,27 +346,9 @@ class LeaseKeeper(Generic[C]):
         self._apply(Failed(exc), now)
         self._warn(now, f"could not {what}: {exc}", key=f"{what}:{exc.reason}:{exc.status}")
 
-    def _recovered(self) -> None:
-        if self._warned is not None:
-            self._notes.add(logging.INFO, "sa-token: %s: recovered", self.name)
-            self._warned = None
-
-    def _warn(self, now: float, what: str, *, key: str, level: int = logging.WARNING) -> None:
-        if self._warned == key or self._phase == "starting":
-            return
-        self._warned = key
-        plan = self._plan
-        lease = plan.lease
-        if lease is not None and lease.valid(now):
-            keep = f"keeping the current credential (valid for {_fmt.duration(lease.expires_at - now)})"
-        else:
-            keep = "no valid credential until this succeeds"
-        retry = (
-            f"; retrying in {_fmt.duration(plan.retry_at - now)}"
-            if plan.failures and math.isfinite(plan.retry_at)
-            else ""
-        )
-        self._notes.add(level, "sa-token: %s: %s; %s%s", self.name, what, keep, retry)
+    def _warn(self, now: float, what: str, *, key: str, level: int = _log.WARNING) -> None:
+        if self._phase != "starting":  # the constructor raises instead
+            self._report.warn(self._plan, now, what, key=key, level=level)
 
     # ------------------------------------------------------------------ events -----------
     def rotated(self, tok: Token) -> None:
@@ -392,14 +358,10 @@ class LeaseKeeper(Generic[C]):
 
     # ------------------------------------------------------------------ background -------
     def _arm(self, delay: Optional[float] = None) -> None:
-        """Put the next action on the hub's deadline heap (replacing the one planned); the hub
-        starts a worker thread for it when it is due (`_fire`): no thread while idle."""
-        if not self._cfg.background or self._phase != "running":
-            return
-        if delay is None:
-            delay = min(max(0.0, self._plan.next_at() - self._now()), MAX_SLEEP)
-        HUB.schedule(delay, functools.partial(_fire, weakref.ref(self), THREAD_RETRY_FIRST), slot=self._slot)
-        HUB.ensure_running()  # cheap when it runs; in a forked child, the first use starts it
+        """Plan the next action on the hub (in the background; a simulation drives `step`)."""
+        if self._cfg.background and self._phase == "running":
+            due = max(0.0, self._plan.next_at() - self._now())
+            self._slot.arm(min(due, MAX_SLEEP) if delay is None else delay)
 
     def _first_use_in_child(self) -> None:
         """A forked child's first use: the exchange's fork hook, then the background work (its
@@ -432,7 +394,7 @@ class LeaseKeeper(Generic[C]):
             self._phase = "closed"
             lease = self._plan.lease
             self._plan = Plan(error=self._plan.error)
-        self._unsubscribe()
+        self._slot.unsubscribe()
         HUB.cancel(self._slot)
         with _KEEPERS_LOCK:
             _KEEPERS.discard(self)
@@ -450,15 +412,11 @@ class LeaseKeeper(Generic[C]):
         first use of the keeper: no thread and no login in a child that never uses it."""
         self._work = OwnedLock(counted=False)
         self._state = threading.Lock()
-        self._notes = Notes()
+        self._report.forked()
         self._late = []
-        lease = self._plan.lease
-        if lease is not None:
-            lease = replace(lease, owned=False, relogin=True, refresh_at=self._now())
-        self._plan = Plan(lease=lease, generation=self._plan.generation)
-        self.logins = self.renewals = 0
+        self._plan = forked(self._plan, self._now())
         if not self.closed:
-            self._phase = "forked"  # the deadline inherited from the parent does nothing (`_fire`)
+            self._phase = "forked"  # the deadline inherited from the parent does nothing (`fire`)
 
     # ------------------------------------------------------------------ internals --------
     def _now(self) -> float:
@@ -489,54 +447,62 @@ class _Source(Protocol):
     def subscribe(self, callback: Callable[[Token], None]) -> Callable[[], None]: ...
 
 
-def _describe(tok: Token) -> str:
-    """A projected token for a log line: its jti and expiry, never its value."""
-    jti = tok.claims.get("jti")
-    exp = tok.expires_at
-    return f"(jti {_fmt.text(jti) if jti else 'none'}, expires {_fmt.iso(exp) if exp else 'never'})"
+class _Slot:
+    """A keeper's place on the hub: its entry on the deadline heap (this object is the slot),
+    the worker thread started when the entry is due, and the keeper's subscription to its
+    source. Holds the keeper weakly: a keeper dropped without close() is collected."""
+
+    __slots__ = ("keeper", "unsubscribe")
+
+    def __init__(self, keeper: LeaseKeeper[Any]) -> None:
+        self.keeper = weakref.ref(keeper)
+        self.unsubscribe: Callable[[], None] = _nothing
+
+    def arm(self, delay: float) -> None:
+        """Put the next action on the hub's deadline heap (replacing the one planned); the hub
+        starts a worker thread for it when it is due (`fire`): no thread while idle."""
+        HUB.schedule(delay, functools.partial(self.fire, THREAD_RETRY_FIRST), slot=self)
+        HUB.ensure_running()  # cheap when it runs; in a forked child, the first use starts it
+
+    def fire(self, retry: float) -> None:
+        """On the hub's thread, when the keeper's next action is due: start a worker thread for
+        it (a login is a network call: never on the hub's thread). One that cannot start is
+        tried again with backoff."""
+        keeper = self.keeper()
+        if keeper is None or keeper._phase != "running":
+            return  # closed, collected, or a forked child's inherited deadline
+        worker = threading.Thread(target=self._work_once, name="sa-token-lease", daemon=True)
+        try:
+            worker.start()
+        except RuntimeError as exc:  # "can't start new thread": a pids or RLIMIT_NPROC limit
+            keeper._report.thread_failed(exc)
+            HUB.schedule(retry, functools.partial(self.fire, min(retry * 2, THREAD_RETRY_MAX)), slot=self)
+
+    def _work_once(self) -> None:
+        keeper = self.keeper()
+        if keeper is None:
+            return
+        try:
+            keeper.step()
+        except Exception:  # pragma: no cover - a bug; the next deadline tries again
+            log.exception("sa-token: %s: unexpected error", keeper.name)
+        keeper._arm()
+
+    def rotated(self, tok: Token) -> None:
+        keeper = self.keeper()
+        if keeper is not None:
+            keeper.rotated(tok)
+
+    def dropped(self) -> None:
+        """The keeper was collected without close(): let go of its deadline and its
+        subscription (both safe from a finalizer: the hub defers when its lock is held,
+        unsubscribing takes no lock)."""
+        HUB.cancel(self)
+        self.unsubscribe()
 
 
-def _on_rotation(ref: weakref.ReferenceType[LeaseKeeper[Any]], tok: Token) -> None:
-    keeper = ref()
-    if keeper is not None:
-        keeper.rotated(tok)
-
-
-def _dropped(slot: object, unsubscribe: Callable[[], None]) -> None:
-    """A keeper collected without close(): let go of its deadline and its subscription (both
-    safe from a finalizer: the hub defers when its lock is held, unsubscribing takes no lock)."""
-    HUB.cancel(slot)
-    unsubscribe()
-
-
-def _fire(ref: weakref.ReferenceType[LeaseKeeper[Any]], retry: float) -> None:
-    """On the hub's thread, when the keeper's next action is due: start a worker thread for it
-    (a login is a network call: never on the hub's thread). One that cannot start is tried
-    again with backoff."""
-    keeper = ref()
-    if keeper is None or keeper._phase != "running":
-        return  # closed, collected, or a forked child's inherited deadline
-    worker = threading.Thread(target=_work_once, args=(ref,), name="sa-token-lease", daemon=True)
-    try:
-        worker.start()
-    except RuntimeError as exc:  # "can't start new thread": a pids or RLIMIT_NPROC limit
-        if keeper._warned != "thread":
-            keeper._warned = "thread"
-            log.warning("sa-token: %s: cannot start the renewal thread (%s); retrying with backoff",
-                        keeper.name, _fmt.text(exc))
-        again = functools.partial(_fire, ref, min(retry * 2, THREAD_RETRY_MAX))
-        HUB.schedule(retry, again, slot=keeper._slot)
-
-
-def _work_once(ref: weakref.ReferenceType[LeaseKeeper[Any]]) -> None:
-    keeper = ref()
-    if keeper is None:
-        return
-    try:
-        keeper.step()
-    except Exception:  # pragma: no cover - a bug; the next deadline tries again
-        log.exception("sa-token: %s: unexpected error", keeper.name)
-    keeper._arm()
+def _nothing() -> None:
+    pass
 
 
 _KEEPERS: weakref.WeakSet[LeaseKeeper[Any]] = weakref.WeakSet()

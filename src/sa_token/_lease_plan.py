@@ -292,3 +292,12 @@ def login_token_limit(tok: Token) -> float:
     lifetime = tok.lifetime
     margin = min(LOGIN_TOKEN_MARGIN, lifetime.total_seconds() / 10) if lifetime is not None else 0.0
     return exp.timestamp() - margin
+
+
+def forked(plan: Plan[C], now: float) -> Plan[C]:
+    """A forked child's plan: the parent's credential only as a fallback (never renewed nor
+    revoked here: not ours) and a login of the child's own due at once."""
+    lease = plan.lease
+    if lease is not None:
+        lease = replace(lease, owned=False, relogin=True, refresh_at=now)
+    return Plan(lease=lease, generation=plan.generation)
