@@ -675,7 +675,7 @@ from sa_token.testing import ProjectedVolume
 vol = ProjectedVolume(os.path.join(P["dir"], "vol"))
 vol.rotate(P["tokens"][0])
 src = TokenSource(str(vol.token_path))
-watcher = HUB.thread
+watcher = HUB.watcher.thread
 
 class Bomb(HubFile):
     # A watched file whose refresh raises what no `except Exception` catches (a bug, or an
@@ -691,7 +691,7 @@ for i in range(1, len(P["tokens"])):
     open(os.path.join(bomb_dir, "x"), "w").close()  # the event that makes the bomb go off
     vol.rotate(P["tokens"][i])  # a rotation right behind it
     seen.append(wait_for(lambda: src._snap.value == P["tokens"][i], timeout=3.0))
-done(seen=seen, same_thread=HUB.thread is watcher and watcher.is_alive())
+done(seen=seen, same_thread=HUB.watcher.thread is watcher and watcher.is_alive())
 """
 
 
@@ -722,9 +722,9 @@ def test_dead_watcher_thread_never_serves_expired_and_is_restarted(
     src = TokenSource(projected_volume.token_path, audience=AUD)
     try:
         with freeze_time(datetime.now(tz=timezone.utc)) as frozen:
-            real_thread = HUB.thread
+            real_thread = HUB.watcher.thread
             assert real_thread is not None
-            HUB.thread = threading.Thread(target=lambda: None)  # never started: "dead"
+            HUB.watcher.thread = threading.Thread(target=lambda: None)  # never started: "dead"
             HUB._poke()
             real_thread.join(5)
             assert not real_thread.is_alive()
@@ -733,7 +733,7 @@ def test_dead_watcher_thread_never_serves_expired_and_is_restarted(
             assert src.token() == tok  # the thread is gone: the rotation is not picked up
             frozen.tick(60)  # past exp of the first token, not of the new one
             assert src.token() == new  # token() re-read the file itself...
-            assert HUB.thread is not None and HUB.thread.is_alive()  # ...and restarted the thread
+            assert HUB.watcher.thread is not None and HUB.watcher.thread.is_alive()  # ...and restarted the thread
         third = kubelet.rotate(expiration_seconds=600)
         assert wait_for(lambda: src._snap.value == third)  # picked up in the background again
     finally:

@@ -338,7 +338,7 @@ except ThreadStartError as exc:
 left = dict(HUB.files)
 threading.Thread.start = real
 src = TokenSource(sys.argv[1])
-print(json.dumps({"error": error, "left": list(left), "alive": HUB.thread.is_alive(), "ok": bool(src.token())}))
+print(json.dumps({"error": error, "left": list(left), "alive": HUB.watcher.thread.is_alive(), "ok": bool(src.token())}))
 """
 
 
@@ -416,11 +416,11 @@ r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
     at_fork = {"inotify": inotify_fds(), "threads": threading.active_count(),
-               "watcher": HUB.thread is not None}
+               "watcher": HUB.watcher.thread is not None}
     time.sleep(0.3)
     idle = {"inotify": inotify_fds(), "threads": threading.active_count()}
     first = src.token()
-    used = {"inotify": inotify_fds(), "watcher": HUB.thread is not None and HUB.thread.is_alive()}
+    used = {"inotify": inotify_fds(), "watcher": HUB.watcher.thread is not None and HUB.watcher.thread.is_alive()}
     vol.rotate(sys.argv[3])
     deadline = time.monotonic() + 5
     while src.token() != sys.argv[3] and time.monotonic() < deadline:

@@ -8,6 +8,9 @@ no thread, no lock (its owner's lock guards it), no clock (times are whatever th
   least `COMPACT_MIN`), so the heap never grows with the rate of re-reads.
 * `pop_due(now)` returns the functions of every live entry due at ``now``, earliest first (ties
   in the order pushed).
+* A slot may be **shared** by several users (an object with a ``users`` count: a
+  `sa_token._tokenfile.FileView`): `occupy` counts one more, `vacate` one less and cancels the
+  entry once none is left; a shared slot nobody uses gets no entry (`push` only cancels).
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ class Deadlines:
 
     def push(self, due: float, fire: Fire, slot: Optional[object] = None) -> None:
         """Call ``fire`` at ``due``; with ``slot``, instead of the slot's entry. An infinite
-        ``due`` only cancels the slot's entry."""
+        ``due`` (or a shared slot nobody uses) only cancels the slot's entry."""
         if slot is not None:
             self.cancel(slot)
+            if getattr(slot, "users", 1) == 0:
+                return
         if due == math.inf:
             return
         seq = next(self._seq)
@@ -52,11 +57,29 @@ class Deadlines:
             self._slots[slot] = seq
         heapq.heappush(self._heap, (due, seq, fire, slot))
 
+    def occupy(self, slot: object) -> bool:
+        """One more user of a shared slot; returns whether it had none (no entry: plan it)."""
+        slot.users += 1  # type: ignore[attr-defined]
+        return slot.users == 1  # type: ignore[attr-defined, no-any-return]
+
+    def vacate(self, slot: object) -> None:
+        """A user of ``slot`` is gone: cancel its entry, once no user is left (a plain slot
+        has one user)."""
+        users: Optional[int] = getattr(slot, "users", None)
+        if users is not None:
+            users = slot.users = max(0, users - 1)  # type: ignore[attr-defined]
+        if not users:
+            self.cancel(slot)
+
     def cancel(self, slot: object) -> None:
         """Drop the slot's entry, if any: it will not fire."""
         if self._slots.pop(slot, None) is None:
             return
         self._dead += 1
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop the dead entries once they outnumber the live ones (and are `COMPACT_MIN`)."""
         if self._dead >= self._compact_min and 2 * self._dead > len(self._heap):
             slots = self._slots
             self._heap = [e for e in self._heap if e[3] is None or slots.get(e[3]) == e[1]]
@@ -75,6 +98,8 @@ class Deadlines:
                     continue
                 del slots[slot]
             due.append(fire)
+        if due:
+            self._compact()  # the live entries popped may leave the dead ones the majority
         return due
 
     def next_due(self) -> float:

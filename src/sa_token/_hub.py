@@ -20,9 +20,9 @@ One at-fork handler serves the whole process: the child closes its copies of the
 descriptors (without using them: they are shared with the parent), gives every lock-holding
 object a fresh lock, starts its own thread and re-reads every file once.
 
-The inotify instance and the directory watches are `sa_token._watches` (the system calls,
-`sa_token._inotify`); the deadline heap is `sa_token._deadlines`. The hub keeps the registry,
-the thread and fork recovery.
+The hub keeps the registry, the thread (`sa_token._watcher`: its loop, its pipe, its start)
+and fork recovery. The inotify instance and the directory watches are `sa_token._watches` (the
+system calls, `sa_token._inotify`); the deadline heap is `sa_token._deadlines`.
 """
 
 from __future__ import annotations
@@ -30,14 +30,11 @@ from __future__ import annotations
 import functools
 import math
 import os
-import select
-import sys
 import threading
-import time
 import weakref
 from typing import Callable, Optional, TypeVar
 
-from . import _clock, _fmt, _inotify
+from . import _clock, _inotify
 from ._deadlines import Deadlines
 from ._inotify import (
     DATA_DIR,
@@ -47,15 +44,12 @@ from ._inotify import (
 )
 from ._locks import Notes, OwnedLock, inside, say
 from ._log import log
+from ._watcher import Watcher
 from ._watches import Watches
-from .errors import ThreadStartError
 
 __all__ = ["DATA_DIR", "HUB", "Hub", "HubFile", "at_fork_in_child", "volume_root", "watch_targets"]
 
 
-# After an unexpected error in the watcher thread, pause this long before going on: an error that
-# repeats must not spin a core.
-_ERROR_PAUSE = 0.1
 # The longest sleep handed to poll(): its timeout is a C int of milliseconds (24.8 days at most),
 # and a deadline further out (refresh_interval=1e9) must not overflow it. A day: no idle wake-ups
 # worth counting.
@@ -99,10 +93,8 @@ class Hub:
 
     def __init__(self) -> None:
         self._fork_hooks: list[Callable[[], None]] = []
-        self.wake_r: Optional[int] = None  # the wake-up pipe (made when the thread starts, in a child)
-        self.wake_w: Optional[int] = None
         self._init()
-        self.wake_r, self.wake_w = _pipe()
+        self.watcher.open()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(
                 before=self._before_fork,
@@ -122,13 +114,8 @@ class Hub:
         # the thread; and calls, made by the thread outside the lock.
         self.deferred: list[tuple[HubFile, bool, Optional[object]]] = []
         self.later: list[Callable[[], None]] = []
-        self.warned: set[str] = set()
-        self.wake_r = self.wake_w = None
+        self.watcher = Watcher(self)  # the one thread and its wake-up pipe
         self.started = True  # False in a forked child until its first use
-        self.thread: Optional[threading.Thread] = None
-        self.starting: set[threading.Thread] = set()  # made under the lock, started outside it
-        self.threads_started = 0
-        self.sleeping_until = -math.inf  # -inf while the thread is awake (it rescans before sleeping)
 
     def _say(self) -> None:
         """Log what locked sections collected: after the lock is released, never under it."""
@@ -162,7 +149,7 @@ class Hub:
                 if f.watch_refs == 1:
                     self.watches.watch(f)
             thread = self._start()
-        failure = self._run_thread(thread)
+        failure = self.watcher.start(thread)
         if failure is not None:
             self.release(f, watch=watch)
         self._say()
@@ -171,8 +158,8 @@ class Hub:
         return f  # type: ignore[return-value]
 
     def release(self, f: HubFile, *, watch: bool, slot: Optional[object] = None) -> None:
-        """One user less (and its deadline ``slot`` cancelled, once the slot is vacant: see
-        `_drop_vacant`). Deferred, not waited for, when the calling thread holds a library lock
+        """One user less (and its deadline ``slot`` cancelled, once no user is left: see
+        `Deadlines.vacate`). Deferred, not waited for, when the calling thread holds a library lock
         already (a finalizer run inside our work)."""
         if inside():
             self.release_later(f, watch, slot)
@@ -212,24 +199,15 @@ class Hub:
             self._drop_vacant(slot)
 
     def _drop_vacant(self, slot: Optional[object]) -> None:
-        """A released user's deadline slot: cancelled, or one user less if it is shared
-        (`occupy`), and cancelled once none is left."""
-        if slot is None:
-            return
-        users: Optional[int] = getattr(slot, "users", None)
-        if users is not None:
-            users = slot.users = max(0, users - 1)  # type: ignore[attr-defined]
-        if not users:
-            self._drop(slot)
+        if slot is not None:
+            self.deadlines.vacate(slot)
 
     def occupy(self, slot: object) -> bool:
-        """One more user of a deadline slot shared by several (an object with a ``users``
-        count, guarded by this lock: a `sa_token._tokenfile.FileView`). Returns whether it was
-        vacant: its deadline was cancelled then, and the caller plans it again. Each `occupy`
-        is paired with one `release` (or `release_later`) passing the slot."""
+        """One more user of a shared deadline slot (`Deadlines.occupy`): whether it was vacant
+        (its deadline was cancelled: the caller plans it again). Paired with one `release` (or
+        `release_later`) passing the slot."""
         with self.lock:
-            slot.users += 1  # type: ignore[attr-defined]
-            return slot.users == 1  # type: ignore[attr-defined, no-any-return]
+            return self.deadlines.occupy(slot)
 
     # ------------------------------------------------------------------ deadlines ----------
     def schedule(self, delay: float, fire: Callable[[], None], *, slot: Optional[object] = None) -> None:
@@ -251,11 +229,9 @@ class Hub:
             self._drop(slot)
 
     def _schedule(self, delay: float, fire: Callable[[], None], slot: Optional[object] = None) -> None:
-        if slot is not None and getattr(slot, "users", 1) == 0:
-            delay = math.inf  # a shared slot nobody uses: only cancel (`occupy` plans it again)
         due = _mono() + max(0.0, delay) if math.isfinite(delay) else math.inf
         self.deadlines.push(due, fire, slot)
-        if due < self.sleeping_until:
+        if due < self.watcher.sleeping_until:
             self._poke()
 
     def _drop(self, slot: object) -> None:
@@ -265,17 +241,16 @@ class Hub:
         """Start what this process needs (the thread; in a forked child, on its first use, also
         the inotify instance and the watches) if it is not running; cheap when it is. Never
         raises: a thread that cannot start is tried again at the next call."""
-        t = self.thread
-        if self.started and t is not None and t.is_alive():
+        if self.started and self.watcher.alive():
             return
         if inside():
             return
         with self.lock:
             thread = self._start()
-        failure = self._run_thread(thread)
+        failure = self.watcher.start(thread)
         self._say()
-        if failure is not None and "thread" not in self.warned:
-            self.warned.add("thread")
+        if failure is not None and "thread" not in self.watcher.warned:
+            self.watcher.warned.add("thread")
             log.warning("sa-token: %s; tokens are still checked and re-read on use", failure)
 
     # ------------------------------------------------------------------ inotify -------------
@@ -288,7 +263,7 @@ class Hub:
         """Counters for benchmarks and tests."""
         with self.lock:
             return {
-                "threads_started": self.threads_started,
+                "threads_started": self.watcher.started,
                 "inotify_instances": 0 if self.watches.fd is None else 1,
                 "watched_directories": len(self.watches.dirs),
                 "files": len(self.files),
@@ -299,115 +274,28 @@ class Hub:
     # ------------------------------------------------------------------ the thread ---------
     def _start(self) -> Optional[threading.Thread]:
         """Under the lock: in a forked child, the first use makes the wake-up pipe, the inotify
-        instance and the watches; then the thread to start (`_run_thread`, outside the lock: a
-        thread's start runs code, the garbage collector's too, while the starter waits)."""
+        instance and the watches; then the thread to start (`Watcher.start`, outside the lock)."""
         if not self.started:
-            self.wake_r, self.wake_w = _pipe()
+            self.watcher.open()
             self.started = True
             self.watches.start(any(f.watch_refs for f in self.files.values()))
             # Rotations may have happened while nobody watched: re-read everything once.
             self._schedule(0.0, functools.partial(_refresh_all, list(self.files.values())))
-        if self.thread is not None and (self.thread.is_alive() or self.thread in self.starting):
-            return None
-        if sys.is_finalizing():  # interpreter shutdown: a thread started now never runs
-            return None
-        thread = self.thread = threading.Thread(target=self._run, name="sa-token-watcher", daemon=True)
-        self.starting.add(thread)  # it runs while self.thread is itself: set before it starts
-        return thread
-
-    def _run_thread(self, thread: Optional[threading.Thread]) -> Optional[ThreadStartError]:
-        """Start ``thread`` (outside the lock). Returns the error if it cannot start (nothing is
-        remembered: the next call tries again)."""
-        if thread is None:
-            return None
-        try:
-            thread.start()
-        except RuntimeError as exc:  # "can't start new thread": a pids or RLIMIT_NPROC limit
-            with self.lock:
-                self.starting.discard(thread)
-                if self.thread is thread:
-                    self.thread = None
-            return ThreadStartError(
-                f"sa-token cannot start its watcher thread ({_fmt.text(exc)}): the container's pids "
-                "limit or this user's process limit (ulimit -u, RLIMIT_NPROC) is reached; it is tried "
-                "again at the next use",
-                reason="thread-unavailable",
-            )
-        with self.lock:
-            self.starting.discard(thread)
-            self.threads_started += 1
-        return None
+        return self.watcher.reserve()
 
     def _poke(self) -> None:
-        fd = self.wake_w
-        if fd is None:
-            return  # a forked child that has not started: nothing to wake
-        try:
-            os.write(fd, b"!")
-        except OSError:  # the pipe is full: the thread wakes anyway
-            pass
+        self.watcher.poke()
 
-    def _run(self) -> None:
-        me = threading.current_thread()
-        poller = select.poll()
-        polled: set[int] = set()
-        while self.thread is me:
-            try:
-                polled = self._step(me, poller, polled)
-            except BaseException as exc:  # never die: a dead thread would only delay pickups
-                self.report(exc)
-                time.sleep(_ERROR_PAUSE)
-
-    def report(self, exc: BaseException) -> None:
-        """Log what the thread caught, once per kind of exception (never under a lock)."""
-        kind = type(exc).__name__
-        if kind not in self.warned:
-            self.warned.add(kind)
-            log.warning("sa-token: the watcher thread caught %s: %s", kind, _fmt.text(exc))
-
-    def _step(self, me: threading.Thread, poller: select.poll, polled: set[int]) -> set[int]:
-        """One turn: run what is due, or sleep until the next deadline or event and handle it."""
-        while self.later:
-            _call(self.later.pop(0))
-        with self.lock:
-            turn = self._turn() if self.thread is me else None
-        self._say()
-        if turn is None:
-            return polled
-        due, fds, timeout = turn
-        if due is not None:
-            for fire in due:
-                _call(fire)
-            return polled
-        for fd in fds - polled:
-            poller.register(fd, select.POLLIN)
-        for fd in polled - fds:
-            poller.unregister(fd)
-        ready = poller.poll(None if timeout == math.inf else math.ceil(timeout * 1000))
-        with self.lock:
-            self.sleeping_until = -math.inf
-        for fd, _ in ready:
-            if fd == self.watches.fd:
-                self._on_inotify(fd)
-            elif fd == self.wake_r:
-                _drain(fd)
-        return fds
-
-    def _turn(self) -> tuple[Optional[list[Callable[[], None]]], set[int], float]:
-        """Under the lock: what is due (``None`` when nothing is to do: then sleep), the
-        descriptors to poll and how long to sleep."""
+    def turn(self) -> tuple[Optional[list[Callable[[], None]]], Optional[int], float, float]:
+        """Under the lock, for the thread: what is due (``None`` when nothing is to do: then it
+        sleeps), the inotify descriptor, how long to sleep at most, and the hub's time now."""
         self._release_deferred()
         now = _mono()
         due = self.deadlines.pop_due(now)
-        wake_r = self.wake_r
-        assert wake_r is not None  # the thread runs only once started
-        inotify_fd = self.watches.fd
-        fds = {wake_r} if inotify_fd is None else {wake_r, inotify_fd}
         next_due = self.deadlines.next_due()
         timeout = min(next_due - now, MAX_SLEEP) if next_due < math.inf else math.inf
         busy = bool(due or self.later or self.deferred)
-        self.sleeping_until = -math.inf if busy else now + timeout
-        return (due if busy else None), fds, timeout
+        return (due if busy else None), self.watches.fd, timeout, now
 
     def _on_inotify(self, fd: int) -> None:
         events = _inotify.read_events(fd)
@@ -417,22 +305,6 @@ class Hub:
             changed = self.watches.changed_by(events)
         self._say()  # (a lost directory's re-arm is scheduled, nothing said)
         for f in changed:
-            _refresh(f)
-
-    def refresh_under(self, directory: str) -> None:
-        """Re-read now every registered file under ``directory`` that its users want watched but
-        no inotify watch covers: for the test kit, whose writes must be seen at once on a
-        platform (or in a process) without inotify, as inotify would make them seen."""
-        prefix = os.path.abspath(directory) + os.sep
-        if inside():
-            return
-        with self.lock:
-            files = [
-                f
-                for f in self.files.values()
-                if f.path.startswith(prefix) and f.watch_refs and not f.watching
-            ]
-        for f in files:
             _refresh(f)
 
     # ------------------------------------------------------------------ fork ----------------
@@ -456,12 +328,7 @@ class Hub:
         # Registrations and deadlines carry over (the deadlines whole, their numbering too).
         self.watches.forked()  # its descriptor is the parent's copy: closed, never used
         kept = (self.files, self.watches, self.deadlines, self._fork_hooks)
-        for fd in (self.wake_r, self.wake_w):  # ours are copies: close, never use
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        self.watcher.forked()  # the pipe is the parent's copy: closed, never used
         self._init()
         self.files, self.watches, self.deadlines, self._fork_hooks = kept
         self.started = False
@@ -472,29 +339,8 @@ class Hub:
             _call(hook)
 
 
-def _pipe() -> tuple[int, int]:
-    r, w = os.pipe()
-    for fd in (r, w):
-        os.set_blocking(fd, False)
-        os.set_inheritable(fd, False)
-    return r, w
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except OSError:  # EAGAIN: empty
-        pass
-
-
 def _call(fn: Callable[[], None]) -> None:
-    """Run one piece of the thread's work; whatever it raises (a bug: refreshes never raise) is
-    logged, once per kind, and contained: the other files of the same batch still get theirs."""
-    try:
-        fn()
-    except BaseException as exc:  # SystemExit too: nothing may end the watcher thread
-        HUB.report(exc)
+    HUB.watcher.call(fn)
 
 
 def _refresh(f: HubFile) -> None:

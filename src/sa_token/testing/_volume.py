@@ -166,7 +166,7 @@ class ProjectedVolume:
             # Sources in this process on files of this volume that no inotify watch covers
             # (a platform without inotify, a process out of watches) re-read now, as inotify would make them:
             # tests written with the kit pass the same everywhere.
-            HUB.refresh_under(str(vol))
+            _refresh_unwatched(str(vol))
         return should_write
 
     @staticmethod
@@ -220,3 +220,20 @@ class ProjectedVolume:
     def remove(self) -> None:
         """Delete the whole volume directory (as at pod teardown)."""
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _refresh_unwatched(directory: str) -> None:
+    """Re-read now every registered file under ``directory`` that its users want watched but no
+    inotify watch covers: the kit's writes are seen at once on a platform (or in a process)
+    without inotify, as inotify would make them seen."""
+    from sa_token._hub import _refresh
+    from sa_token._locks import inside
+
+    prefix = os.path.abspath(directory) + os.sep
+    if inside():
+        return
+    with HUB.lock:
+        files = [f for f in HUB.files.values() if f.path.startswith(prefix) and f.watch_refs]
+        files = [f for f in files if not f.watching]
+    for f in files:
+        _refresh(f)
