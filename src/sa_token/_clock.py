@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Callable, Optional
+
+TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
+if TYPE_CHECKING:
+    from typing import Callable, Optional
+
+    Clock = Callable[[], float]  # a `time.time`-like function: seconds since the epoch
 
 __all__ = ["Clock", "mono", "now", "wall"]
 
-Clock = Callable[[], float]  # a `time.time`-like function: seconds since the epoch
 
 
 def wall() -> float:

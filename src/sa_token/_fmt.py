@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
-from typing import Optional, Union
+import time
+
+TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
+if TYPE_CHECKING:
+    from datetime import datetime
+    from typing import Optional, Union
+
+    Instant = Union[float, datetime, None]  # what the time formatters take
 
 __all__ = [
     "MAX_SHOWN_PATH", "duration", "exact_duration", "iso", "looks_like_jwt", "path", "redact", "relative",
@@ -41,13 +47,17 @@ _CONTROL = re.compile(
 # signature. Used to refuse showing a token that was passed where a path belongs.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
-Instant = Union[float, datetime, None]
+
+
+# The range a datetime holds (years 1 to 9999), in POSIX seconds: the times `iso` shows.
+_FIRST_INSTANT = -62135596800.0
+_PAST_LAST_INSTANT = 253402300800.0
 
 
 def _ts(value: Instant) -> Optional[float]:
     if value is None:
         return None
-    return value.timestamp() if isinstance(value, datetime) else float(value)
+    return float(value) if isinstance(value, (int, float)) else value.timestamp()
 
 
 def iso(value: Instant) -> Optional[str]:
@@ -58,10 +68,10 @@ def iso(value: Instant) -> Optional[str]:
         return None
     if math.isnan(ts):
         return "invalid time"
-    try:
-        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (OverflowError, OSError, ValueError):
+    if not _FIRST_INSTANT <= ts < _PAST_LAST_INSTANT:
         return "far future" if ts > 0 else "far past"
+    # time.gmtime, not datetime: `sa-token check` prints one of these and never imports datetime
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def duration(seconds: float) -> str:

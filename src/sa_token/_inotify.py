@@ -17,6 +17,8 @@ import os
 import struct
 from typing import TYPE_CHECKING, Optional
 
+from ._paths import DATA_DIR, volume_root
+
 if TYPE_CHECKING:
     from ._hub import HubFile
 
@@ -40,7 +42,6 @@ __all__ = [
     "watch_targets",
 ]
 
-DATA_DIR = "..data"
 # Retry arming a directory watch that failed (the directory is missing, the watch limit is
 # reached) after this long, doubling up to the cap: a volume usually comes back within seconds,
 # and a process must not spin on a limit that only an administrator can raise.
@@ -96,19 +97,6 @@ def read_events(fd: int) -> list[tuple[int, int, str]]:
     buf = ctypes.create_string_buffer(_READ_SIZE)
     n = _read_keeping_gil(fd, buf, _READ_SIZE)
     return _events(buf.raw[:n]) if n > 0 else []
-
-
-def volume_root(path: str) -> Optional[str]:
-    """The projected volume's root: the nearest ancestor directory of ``path`` that holds
-    ``..data``; ``None`` for a file outside any projected volume (a ``subPath`` mount, a copy)."""
-    d = os.path.dirname(os.path.abspath(path))
-    while True:
-        if os.path.lexists(os.path.join(d, DATA_DIR)):
-            return d
-        parent = os.path.dirname(d)
-        if parent == d:
-            return None
-        d = parent
 
 
 def watch_targets(path: str) -> dict[str, set[str]]:

@@ -10,17 +10,20 @@ must: the application's configuration decides where lines go).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, cast
-
+TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path, typing is not
 if TYPE_CHECKING:
     import logging
+    from typing import Any, Callable, Optional
 
-__all__ = ["DEBUG", "ERROR", "INFO", "WARNING", "log", "logger"]
+__all__ = ["DEBUG", "ERROR", "INFO", "ON_MADE", "WARNING", "log", "logger"]
 
 # logging's level numbers (a stable part of its API), for code that must not import it.
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
 
 _logger: Optional[logging.Logger] = None
+# Called (no argument) once the logger is made: the CLI routes the library's lines to stderr
+# then, so that a command that logs nothing never imports logging.
+ON_MADE: list[Callable[[], None]] = []
 
 
 def logger() -> logging.Logger:
@@ -33,6 +36,8 @@ def logger() -> logging.Logger:
         if not any(type(h) is logging.NullHandler for h in made.handlers):
             made.addHandler(logging.NullHandler())
         _logger = made
+        for hook in list(ON_MADE):
+            hook()
     return _logger
 
 
@@ -48,4 +53,4 @@ class _Lazy:
         return "<the sa_token logger, made at first use>"
 
 
-log = cast("logging.Logger", _Lazy())
+log: logging.Logger = _Lazy()  # type: ignore[assignment]

@@ -15,16 +15,19 @@ watcher thread makes them through `ctypes.PyDLL`, which keeps the GIL. See docs/
 
 from __future__ import annotations
 
-import ctypes
 import errno as _errno
 import os
 import stat
 import sys
-from typing import Optional
 
 from . import _fmt
 from ._token import Token, parse_token
 from .errors import MalformedTokenError, TokenError, TokenFileError
+
+TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
+if TYPE_CHECKING:
+    import ctypes
+    from typing import Optional
 
 __all__ = [
     "MAX_TOKEN_BYTES", "Identity", "TooLarge", "describe", "identity", "on_memory_fs", "read_bounded",
@@ -45,6 +48,8 @@ _MEMORY_FS = {0x01021994, 0x858458F6}  # TMPFS_MAGIC, RAMFS_MAGIC
 def _libc() -> tuple[Optional[ctypes.CDLL], Optional[ctypes.PyDLL]]:
     """libc twice: for statfs, and for reads that keep the GIL (PyDLL does not release it)."""
     try:
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         keeping_gil = ctypes.PyDLL(None, use_errno=True)
         keeping_gil.open.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -59,18 +64,33 @@ def _libc() -> tuple[Optional[ctypes.CDLL], Optional[ctypes.PyDLL]]:
             keeping_gil.statx.restype = ctypes.c_int
         except AttributeError:  # pragma: no cover - an older libc: os.fstat instead
             pass
-    except (OSError, AttributeError):  # pragma: no cover - not a Linux/glibc-like libc
+    except (OSError, AttributeError, ImportError):  # pragma: no cover - not a Linux/glibc-like libc
         return None, None
     return libc, keeping_gil
 
 
-_LIBC, _LIBC_GIL = _libc()
+_LIBC: Optional[ctypes.CDLL] = None
+_LIBC_GIL: Optional[ctypes.PyDLL] = None
+_LOADED = False
+
+
+def load_libc() -> None:
+    """Load ``ctypes`` and libc, once (`TokenSource`'s modules do it when imported: a file read
+    then never imports anything, even with no descriptor left). `sa-token check`, which reads
+    one file without holding the GIL, never loads them."""
+    global _LIBC, _LIBC_GIL, _LOADED  # noqa: PLW0603 - one libc per process
+    if not _LOADED:
+        _LIBC, _LIBC_GIL = _libc()
+        _LOADED = True
 
 
 def on_memory_fs(path: str) -> bool:
     """Whether ``path`` is on tmpfs or ramfs, where reading a small file cannot block."""
+    load_libc()
     if _LIBC is None:
         return False
+    import ctypes
+
     buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
     try:
         if _LIBC.statfs(os.fsencode(path), buf) != 0:
@@ -161,6 +181,8 @@ def _read_once(path: str, size: int) -> tuple[bytes, Identity]:
 
 def _stat_holding_gil(libc: ctypes.PyDLL, fd: int) -> Optional[tuple[int, Identity]]:
     """(mode, identity) of ``fd`` by statx, keeping the GIL; ``None`` without statx."""
+    import ctypes  # (loaded already: `load_libc`)
+
     statx = getattr(libc, "statx", None)
     if statx is None:  # pragma: no cover - an older libc
         return None
@@ -179,6 +201,8 @@ def _stat_holding_gil(libc: ctypes.PyDLL, fd: int) -> Optional[tuple[int, Identi
 
 
 def _read_holding_gil(path: str, size: int) -> tuple[bytes, Identity]:
+    import ctypes  # (loaded already: `load_libc`)
+
     libc = _LIBC_GIL
     assert libc is not None
     sys.audit("open", path, "r", _OPEN_FLAGS)  # as os.open does: audit hooks still see the read

@@ -27,6 +27,7 @@ from typing import Callable, Optional, TypeVar, Union
 from . import _clock, _fmt
 from ._hub import HUB
 from ._locks import inside
+from ._paths import DEFAULT_TOKEN_PATH
 from ._snapshot import Snapshot, TokenStatus, status_of
 from ._subscribers import Subscribers
 from ._token import Token
@@ -44,8 +45,6 @@ __all__ = [
 ]
 
 
-# Where the kubelet mounts the default kube-api-access volume (DefaultAPITokenMountPath).
-DEFAULT_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 # Fallback re-read period: the platform docs ask apps to reload the token at least every 5 minutes.
 DEFAULT_REFRESH_INTERVAL = 300.0
 

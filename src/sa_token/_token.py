@@ -13,13 +13,16 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Optional
 
 from . import _clock, _fmt
 from .errors import MalformedTokenError
+
+TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
+if TYPE_CHECKING:
+    from datetime import datetime, timedelta
+    from typing import Any, Optional
 
 __all__ = ["Token", "parse_token"]
 
@@ -222,6 +225,8 @@ def _is_number(v: object) -> bool:
 def _timedelta(seconds: float) -> timedelta:
     """``timedelta(seconds=...)``, clamped to the range a timedelta can hold (about 2.7
     million years): claims such as ``exp=1e14`` parse, but no arithmetic on them may raise."""
+    from datetime import timedelta  # here: `sa-token check` never needs one
+
     limit = timedelta.max.total_seconds()
     if seconds >= limit:
         return timedelta.max
@@ -231,6 +236,8 @@ def _timedelta(seconds: float) -> timedelta:
 
 
 def _dt(v: object) -> Optional[datetime]:
+    from datetime import datetime, timezone  # here: `sa-token check` never needs one
+
     if not _is_number(v):
         return None
     try:

@@ -23,13 +23,15 @@ from . import _clock, _fmt, _log
 from ._hub import HUB, HubFile, volume_root
 from ._locks import Notes, inside
 from ._log import log
-from ._read import Identity, identity, on_memory_fs, read_token_file
+from ._read import Identity, identity, load_libc, on_memory_fs, read_token_file
 from ._snapshot import Snapshot
 from ._token import Token
 from ._validity import STALE_MARGIN, Expectations, binding_error, stale_for, time_error, valid_from
 from .errors import TokenError, TokenFileError, TokenValidationError
 
 __all__ = ["FAILED_READ_RETRY", "REQUEST_GRACE", "FileView", "TokenFile"]
+
+load_libc()  # now, not at a first read: that read may find no descriptor left to load it with
 
 Clock = Callable[[], float]
 

@@ -7,7 +7,6 @@ read and by the CLI's `inspect`, `watch` and `check`, so that they cannot disagr
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
 
 from . import _fmt
 from ._token import Token
@@ -18,6 +17,10 @@ from .errors import (
     TokenNotYetValidError,
     TokenValidationError,
 )
+
+TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
+if TYPE_CHECKING:
+    from typing import Optional
 
 __all__ = [
     "DEFAULT_LEEWAY",
@@ -39,13 +42,39 @@ DEFAULT_LEEWAY = 60.0
 STALE_MARGIN = 100.0
 
 
-class Expectations(NamedTuple):
+class Expectations:
     """What a client requires of its token: one of ``audiences`` (``None``: any), the exact
-    ``issuer`` (``None``: any), and the clock skew ``leeway`` allowed for ``nbf``/``iat``."""
+    ``issuer`` (``None``: any), and the clock skew ``leeway`` allowed for ``nbf``/``iat``.
+    Immutable, equal and hashed by its three fields (sources sharing them share a view). Not a
+    ``typing.NamedTuple``: this module is on `sa-token check`'s path, and typing is not."""
 
-    audiences: Optional[tuple[str, ...]] = None
-    issuer: Optional[str] = None
-    leeway: float = DEFAULT_LEEWAY
+    __slots__ = ("audiences", "issuer", "leeway")
+    audiences: Optional[tuple[str, ...]]
+    issuer: Optional[str]
+    leeway: float
+
+    def __init__(
+        self, audiences: Optional[tuple[str, ...]] = None, issuer: Optional[str] = None,
+        leeway: float = DEFAULT_LEEWAY,
+    ) -> None:
+        object.__setattr__(self, "audiences", audiences)
+        object.__setattr__(self, "issuer", issuer)
+        object.__setattr__(self, "leeway", leeway)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: Expectations are immutable")
+
+    def _key(self) -> tuple[Optional[tuple[str, ...]], Optional[str], float]:
+        return self.audiences, self.issuer, self.leeway
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Expectations and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Expectations(audiences={self.audiences!r}, issuer={self.issuer!r}, leeway={self.leeway!r})"
 
 
 def binding_error(tok: Token, expect: Expectations, path: Optional[str]) -> Optional[TokenValidationError]:

@@ -32,8 +32,10 @@ for people and may change.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Optional
+TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
+if TYPE_CHECKING:
+    from datetime import datetime
+    from typing import Any, Optional
 
 __all__ = [
     "AudienceMismatchError",

@@ -13,33 +13,66 @@ stderr. Nothing ever prints the token or its signature.
 
 One module per command (`inspect`, `watch`, `check`, `demo`), each with ``NAME``, ``HELP``,
 ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int`` (the `Command` protocol);
-a new command is one more module and one more entry in `COMMANDS`. All output goes through
+a new command is one more module and one more name in `COMMANDS`. All output goes through
 `sa_token.cli._output`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Sequence
-from typing import Optional
 
+from sa_token import _log
 from sa_token._version import __version__
 from sa_token.errors import MalformedTokenError, TokenError, TokenFileError
 
-from . import check, demo, inspect, watch
-from ._common import Command, library_logs
-from ._output import EXIT_FILE, EXIT_INVALID, EXIT_OK, StderrLogHandler, fail
+from ._output import EXIT_FILE, EXIT_INVALID, EXIT_OK, fail
 
-__all__ = ["COMMANDS", "main"]
+TYPE_CHECKING = False  # not typing's: `sa-token check` runs as an exec probe every few seconds
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import TracebackType
+    from typing import Any, Optional
 
-COMMANDS: tuple[Command, ...] = (inspect, watch, check, demo)
+    from ._common import Command
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+# The commands, in the order the help lists them: each a module of this package.
+COMMANDS = ("inspect", "watch", "check", "demo")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _commands(argv: Optional[Sequence[str]]) -> list[Command]:
+    """The command modules to load: the one named (a probe loads `check` alone, not the watch's
+    or the demo's dependencies), or every one for the top-level help."""
+    import importlib
+
+    words = sys.argv[1:] if argv is None else argv
+    named = next((w for w in words if not w.startswith("-")), None)
+    names = (named,) if named in COMMANDS else COMMANDS
+    return [importlib.import_module(f"{__name__}.{name}") for name in names]
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, told the terminal's width: left to find it, it imports ``shutil``
+    (and with it bz2, lzma...), a tenth of an exec probe's start-up."""
+
+    def __init__(self, prog: str, **options: Any) -> None:
+        if options.get("width") is None:
+            import os
+
+            try:
+                columns = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(1).columns
+            except (ValueError, OSError):
+                columns = 80  # shutil.get_terminal_size's fallback
+            options["width"] = columns - 2
+        super().__init__(prog, **options)
+
+
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sa-token",
+        formatter_class=_Formatter,
         description="Inspect and watch projected Kubernetes ServiceAccount tokens, or run a local demo.",
         epilog="Exit codes: 0 valid, 1 invalid or expired, 2 file error or malformed. "
         "The token itself is never printed.",
@@ -47,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sa-token {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for command in COMMANDS:
-        p = sub.add_parser(command.NAME, help=command.HELP, description=command.DESCRIPTION)
+    for command in _commands(argv):
+        p = sub.add_parser(
+            command.NAME, help=command.HELP, description=command.DESCRIPTION, formatter_class=_Formatter
+        )
         command.add_arguments(p)
         p.set_defaults(run=command.run)
     return parser
@@ -60,15 +95,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     The library's warnings (the ``sa_token`` logger) are shown on stderr while it runs, one
     escaped line each, unless the command shows them itself (`watch`, `demo`).
     """
-    args = build_parser().parse_args(argv)
-    with library_logs(StderrLogHandler()):
+    args = build_parser(argv).parse_args(argv)
+    with _StderrLogs():
         try:
             code: int = args.run(args)
         except TokenError as exc:  # anything a command did not map: still one line, never a trace
             fail(str(exc))
             return EXIT_FILE if isinstance(exc, (TokenFileError, MalformedTokenError)) else EXIT_INVALID
         except BrokenPipeError:  # `sa-token watch | head`
-            with contextlib.suppress(OSError):
+            try:
                 sys.stdout.close()
+            except OSError:
+                pass
             return EXIT_OK
     return code
+
+
+class _StderrLogs:
+    """The library's warnings on stderr while a command runs (`sa_token.cli._runtime`). Routed
+    once the library makes its logger: a command that logs nothing never imports logging."""
+
+    def __init__(self) -> None:
+        self._route: Optional[Any] = None
+
+    def __enter__(self) -> None:
+        if _log._logger is not None:
+            self._start()
+        else:
+            _log.ON_MADE.append(self._start)
+
+    def _start(self) -> None:
+        from ._runtime import StderrLogHandler, library_logs
+
+        self._route = library_logs(StderrLogHandler())
+        self._route.__enter__()
+
+    def __exit__(self, kind: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        if self._start in _log.ON_MADE:
+            _log.ON_MADE.remove(self._start)
+        if self._route is not None:
+            self._route.__exit__(kind, exc, tb)

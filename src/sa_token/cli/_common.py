@@ -1,57 +1,39 @@
 """What the commands share: the command interface, the path argument, what a path's mount and
-file say, library log routing, and stopping on signals."""
+file say. Light on purpose (``os`` and ``stat``): `sa-token check` runs as an exec probe every
+few seconds. Log routing and signals are in `sa_token.cli._runtime`."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import logging
 import os
-import queue
-import signal
 import stat
-import threading
-from collections.abc import Iterator
-from types import FrameType
-from typing import Any, Optional, Protocol
 
 from sa_token import _fmt
-from sa_token._hub import DATA_DIR, volume_root
-from sa_token._source import DEFAULT_TOKEN_PATH
-from sa_token._token import Token
+from sa_token._paths import DATA_DIR, DEFAULT_TOKEN_PATH, volume_root
 from sa_token.errors import TokenFileError
 
-from ._output import LIBRARY_PREFIX
+TYPE_CHECKING = False  # not typing's: an exec probe must not pay for importing it
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any, Optional, Protocol
 
-__all__ = [
-    "Command",
-    "QueueLogHandler",
-    "add_path_argument",
-    "Stop",
-    "describe",
-    "file_facts",
-    "library_logs",
-    "mount_facts",
-    "short",
-    "stop_on_signals",
-    "token_path",
-]
+    from sa_token._token import Token
 
+    class Command(Protocol):
+        """A subcommand: a module with these names (see `sa_token.cli.inspect`).
 
-class Command(Protocol):
-    """A subcommand: a module with these names (see `sa_token.cli.inspect`).
+        `run` returns the exit code (`EXIT_OK`, `EXIT_INVALID`, `EXIT_FILE`) after printing its
+        one-line reason with `fail` when it is not 0.
+        """
 
-    `run` returns the exit code (`EXIT_OK`, `EXIT_INVALID`, `EXIT_FILE`) after printing its
-    one-line reason with `fail` when it is not 0.
-    """
+        NAME: str
+        HELP: str
+        DESCRIPTION: str
 
-    NAME: str
-    HELP: str
-    DESCRIPTION: str
+        def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+        def run(self, args: argparse.Namespace) -> int: ...
 
-    def run(self, args: argparse.Namespace) -> int: ...
+__all__ = ["add_path_argument", "describe", "file_facts", "mount_facts", "short", "token_path"]
 
 
 def add_path_argument(parser: argparse.ArgumentParser) -> None:
@@ -156,70 +138,3 @@ def short(tok: Token) -> str:
     """A token's short name for people: the start of its ``jti``."""
     jti = tok.claims.get("jti")
     return f"jti {str(jti)[:8]}" if jti else "(no jti)"
-
-
-# ----------------------------------------------------------------------- library logs -----
-class QueueLogHandler(logging.Handler):
-    """The library's warnings as events ``("read_failed" | "warning", message)`` on a queue,
-    for commands that show them in their own stream (`watch`, `demo`)."""
-
-    def __init__(self, events: queue.Queue[tuple[str, Any]]) -> None:
-        super().__init__(logging.WARNING)
-        self.events = events
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            msg = record.getMessage()
-        except Exception:  # a broken record must not kill the thread that logged it
-            return
-        if msg.startswith(LIBRARY_PREFIX):
-            msg = msg[len(LIBRARY_PREFIX) :]
-        kind = "read_failed" if msg.startswith("re-read failed") else "warning"
-        self.events.put((kind, msg))
-
-
-_routes: list[logging.Handler] = []
-_routes_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def library_logs(handler: logging.Handler) -> Iterator[None]:
-    """Send the ``sa_token`` logger's records to ``handler`` (instead of the handler an outer
-    `library_logs` installed) for the duration. Other handlers are left alone."""
-    logger = logging.getLogger("sa_token")
-    with _routes_lock:
-        outer = _routes[-1] if _routes else None
-        _routes.append(handler)
-        logger.addHandler(handler)
-        if outer is not None:
-            logger.removeHandler(outer)
-    try:
-        yield
-    finally:
-        with _routes_lock:
-            _routes.remove(handler)
-            logger.removeHandler(handler)
-            if outer is not None and outer in _routes:
-                logger.addHandler(outer)
-
-
-# ----------------------------------------------------------------------- signals ----------
-class Stop(Exception):
-    """Raised in the main thread by the SIGTERM handler (SIGINT raises ``KeyboardInterrupt``)."""
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """SIGTERM raises `Stop` in the main thread for the duration; the old handler is restored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: Optional[FrameType]) -> None:
-        raise Stop(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -13,15 +13,16 @@ JSON keeps claims exact: ``json.dumps`` escapes control characters itself (``\\u
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, Optional, TextIO, Union
 
 from sa_token import _fmt
+
+TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
+if TYPE_CHECKING:
+    from typing import Any, Optional, TextIO, Union
 
 __all__ = [
     "EXIT_FILE",
@@ -30,7 +31,6 @@ __all__ = [
     "Output",
     "Part",
     "Span",
-    "StderrLogHandler",
     "bad",
     "dim",
     "fail",
@@ -48,14 +48,28 @@ EXIT_FILE = 2  # the file is missing, unreadable or not a token (or: a missing d
 LIBRARY_PREFIX = "sa-token: "
 
 
-class Span(NamedTuple):
-    """A piece of text the CLI wants in colour (an SGR code such as ``"32"``, green)."""
+class Span(tuple):  # type: ignore[type-arg]
+    """A piece of text the CLI wants in colour (an SGR code such as ``"32"``, green): the pair
+    ``(text, style)``. A plain tuple, not a ``typing.NamedTuple``: the probe never imports typing."""
 
-    text: str
-    style: str
+    __slots__ = ()
+
+    def __new__(cls, text: str, style: str) -> Span:
+        return tuple.__new__(cls, (text, style))
+
+    @property
+    def text(self) -> str:
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def style(self) -> str:
+        return self[1]  # type: ignore[no-any-return]
 
 
-Part = Union[str, Span]
+if TYPE_CHECKING:
+    Part = Union[str, Span]
+else:
+    Part = object  # (only annotations use it)
 
 
 def ok(text: str) -> Span:
@@ -121,6 +135,8 @@ class Output:
 
     def json(self, obj: Mapping[str, Any]) -> None:
         """One JSON object on one line: strict JSON (no ``NaN``/``Infinity``), never a token."""
+        import json  # here: a probe that prints one human line never needs it
+
         print(_fmt.redact(json.dumps(_strict(obj), default=str)), file=self.stream, flush=True)
 
 
@@ -138,25 +154,3 @@ def _strict(value: Any) -> Any:
 def fail(message: str) -> None:
     """The one-line reason on stderr that every failure prints."""
     print(f"sa-token: {shown(message)}", file=sys.stderr, flush=True)
-
-
-class StderrLogHandler(logging.Handler):
-    """The library's warnings on stderr, one escaped line each: ``sa-token: warning: ...``.
-
-    No traceback: a log record's exception is summed up as ``(TypeName: message)``.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = record.getMessage()
-            if text.startswith(LIBRARY_PREFIX):
-                text = text[len(LIBRARY_PREFIX) :]
-            if record.exc_info and record.exc_info[1] is not None:
-                exc = record.exc_info[1]
-                text = f"{text} ({type(exc).__name__}: {exc})"
-            print(f"sa-token: {record.levelname.lower()}: {shown(text)}", file=sys.stderr, flush=True)
-        except Exception:  # a broken record or a closed stderr must not kill the thread that logged
-            self.handleError(record)

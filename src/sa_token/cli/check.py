@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import Any, Optional
 
 from sa_token import _clock, _fmt, _read, _validity
 from sa_token._token import Token
@@ -20,6 +19,10 @@ from sa_token.errors import TokenError
 
 from ._common import add_path_argument, describe, token_path
 from ._output import EXIT_FILE, EXIT_INVALID, EXIT_OK, Output, fail
+
+TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 __all__ = ["DESCRIPTION", "HELP", "NAME", "add_arguments", "evaluate", "parse_duration", "run"]
 
@@ -124,7 +127,7 @@ def evaluate(
         "line": f"{state}: {text}",
         "expires_at": _fmt.iso(None if exp is None else float(exp)),
         "remaining_seconds": None if exp is None else round(remaining, 3),
-        "rotation_due_at": _fmt.iso(tok.rotation_due_at),
+        "rotation_due_at": _fmt.iso(tok._rotation_ts),  # the float: no datetime on a probe
         "stale": late is not None,
         "min_remaining_seconds": min_remaining,
     }

@@ -23,8 +23,9 @@ from sa_token import _clock, _fmt
 from sa_token._source import TokenSource
 from sa_token._token import Token, parse_token
 
-from ._common import QueueLogHandler, Stop, library_logs, short, stop_on_signals
+from ._common import short
 from ._output import EXIT_FILE, EXIT_INVALID, EXIT_OK, Output, Part, bad, fail, ok, warn
+from ._runtime import QueueLogHandler, Stop, library_logs, stop_on_signals
 
 __all__ = ["DESCRIPTION", "HELP", "NAME", "add_arguments", "run"]
 

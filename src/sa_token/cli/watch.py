@@ -18,18 +18,9 @@ from sa_token._source import TokenSource
 from sa_token._token import Token
 from sa_token.errors import TokenError, TokenExpiredError, TokenValidationError
 
-from ._common import (
-    QueueLogHandler,
-    Stop,
-    add_path_argument,
-    describe,
-    library_logs,
-    mount_facts,
-    short,
-    stop_on_signals,
-    token_path,
-)
+from ._common import add_path_argument, describe, mount_facts, short, token_path
 from ._output import EXIT_FILE, EXIT_INVALID, EXIT_OK, Output, bad, fail, ok, warn
+from ._runtime import QueueLogHandler, Stop, library_logs, stop_on_signals
 
 __all__ = ["DESCRIPTION", "HELP", "NAME", "add_arguments", "run"]
 
