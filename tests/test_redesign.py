@@ -343,3 +343,25 @@ def test_sources_with_the_same_settings_share_one_read_one_snapshot_one_deadline
     assert wait_for(lambda: gc.collect() == 0 and HUB.stats()["deadlines"] == deadlines + 1, timeout=5)
     other.close()
     assert HUB.stats()["deadlines"] == deadlines
+
+
+def test_kubernetes_asyncio_lives_under_kubernetes_and_needs_no_kubernetes_package() -> None:
+    """`sa_token.kubernetes.asyncio` is the module (the old `sa_token.kubernetes_asyncio` is the
+    same object), and it imports with `kubernetes_asyncio` alone: `sa_token.kubernetes` loads
+    the official client's names at first use, and only then says what to install."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["kubernetes"] = None  # the official client is not installed
+import sa_token.kubernetes.asyncio as new, sa_token.kubernetes_asyncio as old
+assert new is old and new.ApiClient.__module__ == "sa_token.kubernetes.asyncio"
+try:
+    from sa_token.kubernetes import ApiClient
+except ImportError as exc:
+    print("hint:", exc)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'sa-token[kubernetes]'" in proc.stdout
