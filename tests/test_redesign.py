@@ -365,3 +365,13 @@ except ImportError as exc:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "pip install 'sa-token[kubernetes]'" in proc.stdout
+
+
+def test_the_shared_rejection_backoff_doubles_to_a_minute_and_starts_again() -> None:
+    """`_flow.Rejections` (kopf's logins use it): 1, 2, 4 ... 60 s while the same token keeps
+    being rejected; nothing to wait for, and a fresh count, once a token was not rejected."""
+    from sa_token._flow import Rejections
+
+    r = Rejections()
+    assert [r.delay(True) for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert r.delay(False) == 0 and r.delay(True) == 1

@@ -251,6 +251,50 @@ class Attempt:
         return fresh
 
 
+# A token a server rejected while the file holds nothing newer is handed out again only after
+# the kubelet's next write, or this long: 1 s, doubling, at most a minute (rotations are minutes
+# apart; a longer pause only delays the recovery).
+REJECTED_FIRST = 1.0
+REJECTED_MAX = 60.0
+
+
+class Rejections:
+    """The one backoff of an integration that must hand out a token again after a server
+    rejected it (kopf logs in again and again): `delay` says how long to wait for the next
+    token first. Its count starts again with every token the server has not rejected."""
+
+    def __init__(self) -> None:
+        self._count = 0
+
+    def delay(self, rejected: bool) -> float:
+        """The wait before the token is handed out again (0 when it was not ``rejected``)."""
+        if not rejected:
+            self._count = 0
+            return 0.0
+        delay = min(REJECTED_FIRST * 2.0**self._count, REJECTED_MAX)
+        self._count += 1
+        return delay
+
+
+async def next_token(source: TokenSource, timeout: float) -> None:
+    """Return when ``source`` reads a new token (a rotation), or after ``timeout`` seconds."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+
+    def wake(_: Token) -> None:  # in the source's thread
+        loop.call_soon_threadsafe(changed.set)
+
+    unsubscribe = source.subscribe(wake)
+    try:
+        await asyncio.wait_for(changed.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        unsubscribe()
+
+
 def read_nowait(source: TokenSource) -> Optional[Token]:
     """The token if the source can answer without I/O."""
     return source._current_nowait()

@@ -47,6 +47,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from . import _clock
 from ._ca import CABundle
+from ._flow import REJECTED_MAX, Rejections, next_token
 from ._incluster import DEFAULT_CA_PATH, DEFAULT_TOKEN_PATH, NAMESPACE_NEXT_TO_TOKEN, InCluster, resolve
 from ._source import TokenSource, require_source
 from ._token import Token
@@ -66,9 +67,9 @@ PRIORITY = 30
 # soon: often enough to pick up the late token well before it expires (kubelet tokens have at
 # least 20% of their lifetime, >= 2 minutes, left at that point), rarely enough to cost nothing.
 RECHECK = 30.0
-# Backoff after a rejection with no newer token: starts at 1 s, doubles, and stops growing at
-# 1 minute (the kubelet's rotations are minutes apart; a longer pause only delays recovery).
-MAX_BACKOFF = 60.0
+# Backoff after a rejection with no newer token: the shared one (`sa_token._flow.Rejections`),
+# 1 s doubling to this cap.
+MAX_BACKOFF = REJECTED_MAX
 
 
 class NotInClusterError(TokenError, kopf.LoginError):
@@ -96,7 +97,7 @@ class LoginHandler:
         self._found: Optional[InCluster] = None
         self._last: Optional[Token] = None  # the token of the last login, and until when kopf uses it
         self._last_until = 0.0
-        self._rejections = 0
+        self._rejections = Rejections()
         self._serial = 0
         self._lock = threading.Lock()
 
@@ -107,19 +108,18 @@ class LoginHandler:
     async def login(self, **kwargs: Any) -> kopf.ConnectionInfo:  # noqa: ARG002 - kopf's logger, memo...
         started = _clock.wall()  # wall-clock time, as kopf's expiration is
         found, tok, pem = await asyncio.to_thread(self._read)
-        if self._last is not None and tok.value == self._last.value and started < self._last_until:
-            # kopf logs in before the last credentials expired: they were rejected (a 401), and
-            # the file has nothing newer. Wait for the kubelet (or the backoff), then go on.
-            delay = min(2.0**self._rejections, MAX_BACKOFF)
-            self._rejections += 1
+        # kopf logs in before the last credentials expired: they were rejected (a 401), and the
+        # file has nothing newer. Wait for the kubelet (or the backoff), then go on.
+        last = self._last
+        rejected = last is not None and tok.value == last.value and started < self._last_until
+        delay = self._rejections.delay(rejected)
+        if delay:
             log.warning(
                 "sa-token: the API server rejected the token from %s and the file has no newer one; "
                 "waiting up to %.0fs for the kubelet's next token", found.source.path, delay,
             )
-            await _rotation(found.source, delay)
+            await next_token(found.source, delay)
             found, tok, pem = await asyncio.to_thread(self._read)
-        else:
-            self._rejections = 0
         expiration = self._expiration(tok, found.source)
         self._last, self._last_until = tok, expiration.timestamp()
         return kopf.ConnectionInfo(
@@ -154,23 +154,6 @@ class LoginHandler:
         self._serial = (self._serial + 1) % 1_000_000
         # Unique per login: kopf refuses credentials equal to ones it has seen rejected.
         return datetime.fromtimestamp(until, timezone.utc) - timedelta(microseconds=self._serial)
-
-
-async def _rotation(source: TokenSource, timeout: float) -> None:
-    """Return when the source sees a new token, or after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    changed = asyncio.Event()
-
-    def wake(_: Token) -> None:  # in the source's thread
-        loop.call_soon_threadsafe(changed.set)
-
-    unsubscribe = source.subscribe(wake)
-    try:
-        await asyncio.wait_for(changed.wait(), timeout)
-    except asyncio.TimeoutError:
-        pass
-    finally:
-        unsubscribe()
 
 
 def login_handler(

@@ -99,14 +99,25 @@ class Workload(CloudCredential):
 
     credential_kind = "azure"
 
-    def _settings(
-        self, source: Optional[TokenSource], tenant_id: Optional[str], client_id: Optional[str], audience: str
-    ) -> tuple[str, str, Callable[[], str]]:
-        """Tenant, client and the assertion function (the current token, or a TokenError;
-        never an expired token) for ``ClientAssertionCredential``."""
+    def __init__(
+        self,
+        source: Optional[TokenSource] = None,
+        *,
+        tenant_id: Optional[str] = None,
+        client_id: Optional[str] = None,
+        audience: str = AUDIENCE,
+        **kwargs: Any,
+    ) -> None:
+        # Tenant, client and the assertion function (the current token, or a TokenError; never
+        # an expired token) for the ``ClientAssertionCredential`` this is mixed into.
         self.source, tenant, client = settings(source, tenant_id, client_id, audience)
         self.audience = audience
-        return tenant, client, self.source.token
+        super().__init__(tenant, client, self.source.token, **kwargs)  # type: ignore[call-arg]
+        track_credential(self)
+
+    def __repr__(self) -> str:
+        where = "aio." if type(self).__module__.endswith(".aio") else ""
+        return f"{where}WorkloadIdentityCredential(source={self.source!r})"
 
     def _granted(self, token: T) -> T:
         self._expires_at = float(token.expires_on)
@@ -133,20 +144,6 @@ class WorkloadIdentityCredential(Workload, ClientAssertionCredential):
         AudienceMismatchError: the token is not for `audience`.
     """
 
-    def __init__(
-        self,
-        source: Optional[TokenSource] = None,
-        *,
-        tenant_id: Optional[str] = None,
-        client_id: Optional[str] = None,
-        audience: str = AUDIENCE,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*self._settings(source, tenant_id, client_id, audience), **kwargs)
-        track_credential(self)
-
-    def __repr__(self) -> str:
-        return f"WorkloadIdentityCredential(source={self.source!r})"
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         return self._observed(super().get_token, *scopes, **kwargs)

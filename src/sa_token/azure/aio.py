@@ -29,9 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "sa_token.azure.aio needs the azure-identity and aiohttp packages: pip install 'sa-token[azure]'"
     ) from exc
 
-from sa_token._observe import track_credential
-from sa_token._source import TokenSource
-from sa_token.azure import AUDIENCE, EntraIDError, Workload
+from sa_token.azure import EntraIDError, Workload
 from sa_token.errors import TokenError
 
 __all__ = ["WorkloadIdentityCredential"]
@@ -44,20 +42,6 @@ class WorkloadIdentityCredential(Workload, ClientAssertionCredential):
     ID; arguments as for the sync
     [`WorkloadIdentityCredential`][sa_token.azure.WorkloadIdentityCredential]."""
 
-    def __init__(
-        self,
-        source: Optional[TokenSource] = None,
-        *,
-        tenant_id: Optional[str] = None,
-        client_id: Optional[str] = None,
-        audience: str = AUDIENCE,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*self._settings(source, tenant_id, client_id, audience), **kwargs)
-        track_credential(self)
-
-    def __repr__(self) -> str:
-        return f"aio.WorkloadIdentityCredential(source={self.source!r})"
 
     async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         return await self._observed(super().get_token, *scopes, **kwargs)
