@@ -16,7 +16,7 @@ import pytest
 
 from _k8s_env import Cluster, make_cluster
 from sa_token import TokenSource
-from sa_token._incluster import AsyncTokenHook
+from sa_token.kubernetes._async import AsyncTokenHook
 from sa_token.testing import TokenIssuer
 
 Lib = Any  # a SimpleNamespace: client, ConfigException, ApiClient, NotInClusterError, load_incluster_config

@@ -159,6 +159,13 @@ class Watcher:
             for fire in due:
                 self.call(fire)
             return polled
+        return self._sleep(poller, polled, inotify_fd, timeout)
+
+    def _sleep(
+        self, poller: select.poll, polled: set[int], inotify_fd: Optional[int], timeout: float
+    ) -> set[int]:
+        """Wait for an event, a poke or the timeout; hand inotify's events to the hub."""
+        hub = self.hub
         wake_r = self.wake_r
         assert wake_r is not None  # the thread runs only once started
         fds = {wake_r} if inotify_fd is None else {wake_r, inotify_fd}

@@ -55,14 +55,13 @@ from sa_token._incluster import (
     DEFAULT_NAMESPACE_PATH,
     DEFAULT_TOKEN_PATH,
     NAMESPACE_NEXT_TO_TOKEN,
-    AsyncApiClient,
-    AsyncTokenHook,
     configure,
     read_namespace,
     resolve,
 )
 from sa_token._source import TokenSource
 from sa_token.errors import TokenError
+from sa_token.kubernetes._async import AsyncApiClient, AsyncTokenHook
 
 __all__ = [
     "DEFAULT_CA_PATH",
