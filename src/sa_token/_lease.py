@@ -4,21 +4,13 @@ An *exchange* (Vault's Kubernetes or JWT auth method, a cloud STS) turns the pro
 into a credential with a lifetime (`Authenticator.login`), and may extend it (`Authenticator.renew`).
 [`LeaseKeeper`][sa_token._lease.LeaseKeeper] decides when to do which (the rules are pure
 functions in `sa_token._lease_plan`), from the hub's deadline heap and a short-lived worker
-thread (no thread of its own while idle), so that readers never wait for a renewal:
-
-* renew at about two thirds of the TTL plus jitter, as Vault's own lifetime watcher does;
-* log in again, with the source's *current* projected token, when the credential cannot be
-  extended (not renewable, TTL capped by a `max_ttl`, renewal refused) and, with
-  ``renewal_needs_login_token``, soon after each rotation of the projected token (OpenBao's
-  Kubernetes method reviews the login-time token again at every renewal, and revokes the Vault
-  token when that token has expired);
-* never send an expired projected token: wait for the kubelet's rotation, say so in one log
-  line, and keep the current credential while it is valid;
-* server unreachable, sealed or failing (an error with ``transient=True``): keep the current
-  credential while it is valid, and retry with capped exponential backoff and jitter;
-* a typed error only once no valid credential exists. Readers then log in themselves, one at a
-  time (single flight: 32 threads asking at once cause one login), and no more often than the
-  backoff allows.
+thread (no thread of its own while idle), so that readers never wait for a renewal. It never
+sends an expired projected token (it waits for the kubelet's rotation, and says so once), keeps
+the current credential while it is valid whatever fails, and raises a typed error only once no
+valid credential exists; readers then log in themselves, one at a time (single flight: 32
+threads asking at once cause one login), no more often than the backoff allows. The rules
+(renewal point, re-login, backoff, the spread after a rotation) are `sa_token._lease_plan`'s.
+Its place on the hub (deadline, worker, subscription, fork) is `sa_token._lease_slot`.
 
 The state is one frozen [`Plan`][sa_token._lease_plan.Plan] (the lease readers use, the
 failures, the wait for a rotation), replaced whole under one short lock (`_state`); `_work`,
@@ -29,23 +21,25 @@ through `sa_token._clock` at each call (freezegun works), or an injected ``clock
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import random
 import threading
 import weakref
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
+from dataclasses import replace
+from typing import Callable, Generic, Optional, TypeVar
 
 from . import _clock, _fmt, _log
-from ._hub import HUB, at_fork_in_child
+from ._hub import HUB
 from ._lease_plan import (
     BACKOFF_MAX,
     GRACE_RANGE,
     RENEW_FRACTION,
+    Authenticator,
+    Config,
     Failed,
     Grant,
     Granted,
+    KeeperSource,
     Lease,
     LoginStarted,
     NoToken,
@@ -58,6 +52,7 @@ from ._lease_plan import (
     next_plan,
 )
 from ._lease_report import Report
+from ._lease_slot import _Slot, keepers
 from ._locks import OwnedLock, inside, say
 from ._log import log
 from ._token import Token
@@ -71,24 +66,6 @@ C = TypeVar("C")
 # The keeper looks at the wall clock at least this often, even with nothing due: the hub's
 # sleeps are on the boot-time clock, the lease's times on the wall clock, which can jump.
 MAX_SLEEP = 60.0
-# A worker thread that cannot start (a pids limit) is tried again after this long, doubling up
-# to the cap: such limits are usually momentary.
-THREAD_RETRY_FIRST = 0.5
-THREAD_RETRY_MAX = 30.0
-
-
-class Authenticator(Protocol[C]):
-    """The calls a [`LeaseKeeper`][sa_token._lease.LeaseKeeper] makes; each raises
-    [`ExchangeError`][sa_token.errors.ExchangeError] (of the integration's subclass) on failure."""
-
-    def login(self, token: Token) -> Grant[C]:
-        """Exchange the projected token for a credential."""
-
-    def renew(self, credential: C) -> Grant[C]:
-        """Extend the credential's lease."""
-
-    def error(self, message: str, *, reason: str, transient: bool = False) -> ExchangeError:
-        """The integration's typed error with this message (for failures found locally)."""
 
 
 class LeaseKeeper(Generic[C]):
@@ -118,7 +95,7 @@ class LeaseKeeper(Generic[C]):
 
     def __init__(
         self,
-        source: _Source,
+        source: KeeperSource,
         exchange: Authenticator[C],
         *,
         name: str,
@@ -131,7 +108,7 @@ class LeaseKeeper(Generic[C]):
     ) -> None:
         self.source = source
         self.exchange = exchange
-        self._cfg = _Config(
+        self._cfg = Config(
             name=name,
             bound=renewal_needs_login_token,
             clock=clock,
@@ -160,8 +137,7 @@ class LeaseKeeper(Generic[C]):
             raise err
         self._slot.unsubscribe = source.subscribe(self._slot.rotated)
         weakref.finalize(self, self._slot.dropped)
-        with _KEEPERS_LOCK:
-            _KEEPERS.add(self)
+        keepers.add(self)  # for the at-fork handler
         self._phase = "running"
         self._arm()
 
@@ -396,8 +372,7 @@ class LeaseKeeper(Generic[C]):
             self._plan = Plan(error=self._plan.error)
         self._slot.unsubscribe()
         HUB.cancel(self._slot)
-        with _KEEPERS_LOCK:
-            _KEEPERS.discard(self)
+        keepers.discard(self)
         if lease is not None and lease.owned and lease.valid(self._now()):
             return lease
         return None
@@ -421,112 +396,3 @@ class LeaseKeeper(Generic[C]):
     # ------------------------------------------------------------------ internals --------
     def _now(self) -> float:
         return _clock.now(self._cfg.clock)
-
-
-@dataclass(frozen=True)
-class _Config:
-    """A keeper's settings, fixed at construction."""
-
-    name: str
-    bound: bool
-    clock: Optional[Callable[[], float]]
-    rng: random.Random
-    backoff_max: float
-    background: bool
-    on_late: Optional[Callable[[Any], None]]
-
-
-class _Source(Protocol):
-    """What the keeper uses of a [`TokenSource`][sa_token.TokenSource]."""
-
-    @property
-    def path(self) -> str: ...
-
-    def current(self) -> Token: ...
-
-    def subscribe(self, callback: Callable[[Token], None]) -> Callable[[], None]: ...
-
-
-class _Slot:
-    """A keeper's place on the hub: its entry on the deadline heap (this object is the slot),
-    the worker thread started when the entry is due, and the keeper's subscription to its
-    source. Holds the keeper weakly: a keeper dropped without close() is collected."""
-
-    __slots__ = ("keeper", "unsubscribe")
-
-    def __init__(self, keeper: LeaseKeeper[Any]) -> None:
-        self.keeper = weakref.ref(keeper)
-        self.unsubscribe: Callable[[], None] = _nothing
-
-    def arm(self, delay: float) -> None:
-        """Put the next action on the hub's deadline heap (replacing the one planned); the hub
-        starts a worker thread for it when it is due (`fire`): no thread while idle."""
-        HUB.schedule(delay, functools.partial(self.fire, THREAD_RETRY_FIRST), slot=self)
-        HUB.ensure_running()  # cheap when it runs; in a forked child, the first use starts it
-
-    def fire(self, retry: float) -> None:
-        """On the hub's thread, when the keeper's next action is due: start a worker thread for
-        it (a login is a network call: never on the hub's thread). One that cannot start is
-        tried again with backoff."""
-        keeper = self.keeper()
-        if keeper is None or keeper._phase != "running":
-            return  # closed, collected, or a forked child's inherited deadline
-        worker = threading.Thread(target=self._work_once, name="sa-token-lease", daemon=True)
-        try:
-            worker.start()
-        except RuntimeError as exc:  # "can't start new thread": a pids or RLIMIT_NPROC limit
-            keeper._report.thread_failed(exc)
-            HUB.schedule(retry, functools.partial(self.fire, min(retry * 2, THREAD_RETRY_MAX)), slot=self)
-
-    def _work_once(self) -> None:
-        keeper = self.keeper()
-        if keeper is None:
-            return
-        try:
-            keeper.step()
-        except Exception:  # pragma: no cover - a bug; the next deadline tries again
-            log.exception("sa-token: %s: unexpected error", keeper.name)
-        keeper._arm()
-
-    def rotated(self, tok: Token) -> None:
-        keeper = self.keeper()
-        if keeper is not None:
-            keeper.rotated(tok)
-
-    def dropped(self) -> None:
-        """The keeper was collected without close(): let go of its deadline and its
-        subscription (both safe from a finalizer: the hub defers when its lock is held,
-        unsubscribing takes no lock)."""
-        HUB.cancel(self)
-        self.unsubscribe()
-
-
-def _nothing() -> None:
-    pass
-
-
-_KEEPERS: weakref.WeakSet[LeaseKeeper[Any]] = weakref.WeakSet()
-_KEEPERS_LOCK = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    """The one at-fork handler of exchanged credentials.
-
-    Decision: a child does not share the parent's credential beyond a grace period. A Vault
-    token used by several processes is legal, but one process's `revoke_on_close` (or a renewal
-    that Vault refuses and so revokes the token) would cut off all the others, and every
-    process would renew the same token. So each child keeps the parent's credential only as a
-    fallback (readers use it at once, nothing waits), never renews or revokes it, and logs in for
-    its own in the background, from the child's first use of the keeper: a child that never
-    uses it (a pool worker, the pre-exec child of ``subprocess(preexec_fn=...)``) makes no login
-    whose token nobody would revoke. Locks the parent's threads may have held are replaced.
-    """
-    global _KEEPERS_LOCK  # noqa: PLW0603
-    _KEEPERS_LOCK = threading.Lock()
-    for keeper in list(_KEEPERS):
-        keeper._after_fork()
-
-
-# Part of the process's one at-fork handler: it runs after the hub has given every token file
-# and source a fresh lock.
-at_fork_in_child(_after_fork_in_child)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, replace
-from typing import Generic, Optional, TypeVar, Union
+from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union
 
 from ._token import Token
 from .errors import ExchangeError
@@ -301,3 +301,42 @@ def forked(plan: Plan[C], now: float) -> Plan[C]:
     if lease is not None:
         lease = replace(lease, owned=False, relogin=True, refresh_at=now)
     return Plan(lease=lease, generation=plan.generation)
+
+
+class Authenticator(Protocol[C]):
+    """The calls a [`LeaseKeeper`][sa_token._lease.LeaseKeeper] makes (the integration's side of
+    the plan: what `Grant`s come from); each raises
+    [`ExchangeError`][sa_token.errors.ExchangeError] (of the integration's subclass) on failure."""
+
+    def login(self, token: Token) -> Grant[C]:
+        """Exchange the projected token for a credential."""
+
+    def renew(self, credential: C) -> Grant[C]:
+        """Extend the credential's lease."""
+
+    def error(self, message: str, *, reason: str, transient: bool = False) -> ExchangeError:
+        """The integration's typed error with this message (for failures found locally)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A keeper's settings, fixed at construction."""
+
+    name: str
+    bound: bool
+    clock: Optional[Callable[[], float]]
+    rng: random.Random
+    backoff_max: float
+    background: bool
+    on_late: Optional[Callable[[Any], None]]
+
+
+class KeeperSource(Protocol):
+    """What the keeper uses of a [`TokenSource`][sa_token.TokenSource]."""
+
+    @property
+    def path(self) -> str: ...
+
+    def current(self) -> Token: ...
+
+    def subscribe(self, callback: Callable[[Token], None]) -> Callable[[], None]: ...
