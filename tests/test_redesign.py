@@ -375,3 +375,18 @@ def test_the_shared_rejection_backoff_doubles_to_a_minute_and_starts_again() -> 
     r = Rejections()
     assert [r.delay(True) for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert r.delay(False) == 0 and r.delay(True) == 1
+
+
+@pytest.mark.parametrize("columns", ["123", "", "0", "wide"])
+def test_the_cli_finds_the_terminal_width_as_shutil_does(monkeypatch: pytest.MonkeyPatch, columns: str) -> None:
+    """The help formatter's width comes without importing shutil, with its answer: COLUMNS
+    when it is a positive number, else the terminal's width, else 80."""
+    import os
+    import shutil
+
+    from sa_token.cli import _columns
+
+    monkeypatch.setenv("COLUMNS", columns)
+    assert _columns() == shutil.get_terminal_size().columns  # here: not a terminal
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=1: os.terminal_size((150, 40)))
+    assert _columns() == shutil.get_terminal_size().columns  # a terminal 150 columns wide

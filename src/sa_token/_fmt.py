@@ -46,9 +46,6 @@ _CONTROL = re.compile(
 # A compact JWS: a base64url JSON header (always starts with '{"', base64 'eyJ'), payload and
 # signature. Used to refuse showing a token that was passed where a path belongs.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-
-
-
 # The range a datetime holds (years 1 to 9999), in POSIX seconds: the times `iso` shows.
 _FIRST_INSTANT = -62135596800.0
 _PAST_LAST_INSTANT = 253402300800.0
@@ -57,7 +54,7 @@ _PAST_LAST_INSTANT = 253402300800.0
 def _ts(value: Instant) -> Optional[float]:
     if value is None:
         return None
-    return float(value) if isinstance(value, (int, float)) else value.timestamp()
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)  # a datetime, or seconds
 
 
 def iso(value: Instant) -> Optional[str]:

@@ -47,9 +47,9 @@ _MEMORY_FS = {0x01021994, 0x858458F6}  # TMPFS_MAGIC, RAMFS_MAGIC
 
 def _libc() -> tuple[Optional[ctypes.CDLL], Optional[ctypes.PyDLL]]:
     """libc twice: for statfs, and for reads that keep the GIL (PyDLL does not release it)."""
-    try:
-        import ctypes
+    import ctypes  # (imported by `load_libc` already)
 
+    try:
         libc = ctypes.CDLL(None, use_errno=True)
         keeping_gil = ctypes.PyDLL(None, use_errno=True)
         keeping_gil.open.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -64,7 +64,7 @@ def _libc() -> tuple[Optional[ctypes.CDLL], Optional[ctypes.PyDLL]]:
             keeping_gil.statx.restype = ctypes.c_int
         except AttributeError:  # pragma: no cover - an older libc: os.fstat instead
             pass
-    except (OSError, AttributeError, ImportError):  # pragma: no cover - not a Linux/glibc-like libc
+    except (OSError, AttributeError):  # pragma: no cover - not a Linux/glibc-like libc
         return None, None
     return libc, keeping_gil
 
@@ -79,9 +79,14 @@ def load_libc() -> None:
     then never imports anything, even with no descriptor left). `sa-token check`, which reads
     one file without holding the GIL, never loads them."""
     global _LIBC, _LIBC_GIL, _LOADED  # noqa: PLW0603 - one libc per process
-    if not _LOADED:
-        _LIBC, _LIBC_GIL = _libc()
-        _LOADED = True
+    if _LOADED:
+        return
+    try:
+        import ctypes  # noqa: F401 - loaded here, used by `_libc` and the reads
+    except ImportError:  # no descriptor or memory to load it with now: tried again at the next call
+        return
+    _LIBC, _LIBC_GIL = _libc()
+    _LOADED = True
 
 
 def on_memory_fs(path: str) -> bool:

@@ -136,7 +136,7 @@ class TokenSource:
         # raises an event. One registry operation; undone below if the read fails.
         tfile = HUB.acquire(self.path, lambda: TokenFile(self.path), watch=self._watch)
         try:
-            first = self._join(tfile)
+            first, now = self._join(tfile)
         except BaseException:
             HUB.release(tfile, watch=self._watch)
             raise
@@ -144,9 +144,9 @@ class TokenSource:
         # once no source is left on it, from the hub's thread.
         self._finalizer = weakref.finalize(self, HUB.release_later, tfile, self._watch, self._shared)
         self._finalizer.atexit = False
-        tfile.warn_at_start(first, self._started, self.leeway)
+        tfile.warn_at_start(first, now, self.leeway)
 
-    def _join(self, tfile: TokenFile) -> Token:
+    def _join(self, tfile: TokenFile) -> tuple[Token, float]:
         if inside():
             raise RuntimeError(
                 f"sa-token: a TokenSource for {_fmt.path(self.path)} cannot be created while this "
@@ -162,8 +162,7 @@ class TokenSource:
         self._file = tfile
         self._shared, first = tfile.join(self, key, make, now)
         self._view: Union[FileView, _Closed] = self._shared  # what token() reads
-        self._started = now
-        return first
+        return first, now
 
     # ------------------------------------------------------------------ public API -------
     def token(self) -> str:

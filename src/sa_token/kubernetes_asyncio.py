@@ -4,24 +4,7 @@
 import sys
 
 from sa_token.kubernetes import asyncio as _module
-from sa_token.kubernetes.asyncio import (
-    DEFAULT_CA_PATH,
-    DEFAULT_NAMESPACE_PATH,
-    DEFAULT_TOKEN_PATH,
-    ApiClient,
-    NotInClusterError,
-    load_incluster_config,
-    read_namespace,
-)
-
-__all__ = [
-    "DEFAULT_CA_PATH",
-    "DEFAULT_NAMESPACE_PATH",
-    "DEFAULT_TOKEN_PATH",
-    "ApiClient",
-    "NotInClusterError",
-    "load_incluster_config",
-    "read_namespace",
-]
+from sa_token.kubernetes.asyncio import *  # noqa: F403 - its names, for type checkers
+from sa_token.kubernetes.asyncio import __all__  # noqa: F401 - the same public names
 
 sys.modules[__name__] = _module  # one module object: the same classes, state and patches

@@ -20,6 +20,7 @@ a new command is one more module and one more name in `COMMANDS`. All output goe
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from sa_token import _log
@@ -59,14 +60,24 @@ class _Formatter(argparse.HelpFormatter):
 
     def __init__(self, prog: str, **options: Any) -> None:
         if options.get("width") is None:
-            import os
-
-            try:
-                columns = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(1).columns
-            except (ValueError, OSError):
-                columns = 80  # shutil.get_terminal_size's fallback
-            options["width"] = columns - 2
+            options["width"] = _columns() - 2
         super().__init__(prog, **options)
+
+
+def _columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size`` finds it: ``COLUMNS`` when it is a
+    positive number, else the width of the terminal on stdout, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return columns
+    stdout = sys.__stdout__
+    try:
+        return (os.get_terminal_size(stdout.fileno()).columns if stdout is not None else 0) or 80
+    except (AttributeError, ValueError, OSError):  # stdout closed, or not a terminal
+        return 80
 
 
 def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
