@@ -36,6 +36,7 @@ MODULES = [
     "bench_metrics",
     "bench_overhead",
     "bench_vault",
+    "bench_verify",
 ]
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

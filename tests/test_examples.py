@@ -480,3 +480,59 @@ def test_httpx_async_example_at_an_url_that_reports_no_jti(api_env: Env) -> None
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.splitlines() == ["round 1: 200 200"]
+
+
+# ----------------------------------------------------------------------- the verify pair -
+def test_verify_pair_manifest_wires_audience_rbac_and_image() -> None:
+    yaml = pytest.importorskip("yaml")
+    docs = list(yaml.safe_load_all((EXAMPLES / "verify-pair.yaml").read_text()))
+    deployments = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"}
+    server, client = deployments["payments"], deployments["payments-client"]
+    command = server["containers"][0]["command"]
+    audience = command[command.index("--audience") + 1]
+    (source,) = client["volumes"][0]["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == audience
+    bound = {d["roleRef"]["name"]: d["subjects"][0]["name"] for d in docs if d["kind"] == "ClusterRoleBinding"}
+    assert bound == {"system:service-account-issuer-discovery": "payments", "system:auth-delegator": "payments"}
+    assert server["serviceAccountName"] == "payments" and "automountServiceAccountToken" not in server
+    for spec in (server, client):
+        assert (EXAMPLES / spec["containers"][0]["command"][1]).is_file()
+    assert "verify" in re.search(r"'sa-token\[([^\]]+)\]'", (EXAMPLES / "Dockerfile").read_text()).group(1)
+
+
+def test_verify_pair_examples_talk_as_the_deployments_do(tmp_path: Path, token_issuer: TokenIssuer) -> None:
+    with FakeAPIServer(token_issuer) as server:
+        ca = server.write_ca(tmp_path / "ca.crt")
+        own = ProjectedVolume(tmp_path / "b")
+        Kubelet(own, token_issuer, service_account="payments").rotate()
+        caller = ProjectedVolume(tmp_path / "a")
+        kubelet = Kubelet(caller, token_issuer, audiences=["payments"], service_account="payments-client")
+        kubelet.rotate()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        b = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "payments_server.py"), "--port", str(port), "--api-server", server.url,
+             "--ca", ca, "--bearer-file", str(own.token_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert b.stdout is not None and b.stdout.readline().startswith("listening")
+            url = f"http://127.0.0.1:{port}/pay"
+            a = run_example("payments_client.py", "--url", url, "--token-path", str(caller.token_path),
+                            "--count", "2", "--interval", "0.1", env={})
+            assert a.returncode == 0, a.stderr
+            lines = a.stdout.splitlines()
+            assert len(lines) == 2 and all(ln.startswith("200 ") for ln in lines)
+            said = json.loads(lines[0][4:])
+            assert said == {"caller": "system:serviceaccount:default:payments-client", "pod": "app-0", "method": "jwks"}
+            # a token for another audience is refused by B
+            other = ProjectedVolume(tmp_path / "c")
+            Kubelet(other, token_issuer, audiences=["other"]).rotate()
+            a = run_example("payments_client.py", "--url", url, "--token-path", str(other.token_path),
+                            "--audience", "other", env={})
+            assert a.returncode == 1 and a.stdout.startswith("401 ")
+            assert_no_token(a.stdout + a.stderr, [kubelet.current], what="the client's output")
+        finally:
+            b.terminate()
+            b.wait(10)

@@ -30,6 +30,14 @@ AUD = "sa-token-test"  # the kubelet fixture's audience
 Series = dict[tuple[tuple[str, str], ...], float]
 
 
+# Counters of the whole process (they never disappear): retries, and the receiving side's.
+PROCESS_COUNTERS = {
+    "sa_token_auth_retries", "sa_token_verifications", "sa_token_jwks_fetches", "sa_token_token_reviews",
+    "sa_token_verify_cache_hits",
+}
+
+
+
 class Exposition:
     """A registry with sa-token's collector, served over HTTP on 127.0.0.1."""
 
@@ -103,6 +111,11 @@ def test_the_families_are_the_issues_names_and_types(exposition: Exposition) -> 
         "sa_token_credential_expiry_timestamp_seconds": "gauge",
         "sa_token_ca_generation": "gauge",
         "sa_token_ca_last_change_timestamp_seconds": "gauge",
+        # the receiving side (sa_token.verify), process-wide counters
+        "sa_token_verifications": "counter",
+        "sa_token_jwks_fetches": "counter",
+        "sa_token_token_reviews": "counter",
+        "sa_token_verify_cache_hits": "counter",
     }
     assert "# TYPE sa_token_reloads_total counter" in exposition.text
 
@@ -196,7 +209,7 @@ def test_closed_and_dropped_sources_disappear(
     del b  # dropped without close(): gone once collected
     gc.collect()
     m = exposition.scrape(tmp_path)
-    assert all(not series for name, series in m.items() if name != "sa_token_auth_retries"), m
+    assert all(not series for name, series in m.items() if name not in PROCESS_COUNTERS), m
 
 
 def test_sources_on_one_file_and_audience_are_one_series(

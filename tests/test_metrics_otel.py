@@ -18,11 +18,20 @@ from opentelemetry.sdk.metrics.export import Gauge, InMemoryMetricReader, Sum
 
 from conftest import FakeClock, wait_for
 from sa_token import CABundle, TokenSource, _observe
+from sa_token.metrics import _readings
 from sa_token.metrics.otel import instrument
 from sa_token.testing import Kubelet, ProjectedVolume, assert_no_token
 
 AUD = "sa-token-test"
 Points = dict[tuple[tuple[str, Any], ...], float]
+
+
+# Counters of the whole process (they never disappear): retries, and the receiving side's.
+PROCESS_COUNTERS = {
+    "sa_token_auth_retries", "sa_token_verifications", "sa_token_jwks_fetches", "sa_token_token_reviews",
+    "sa_token_verify_cache_hits",
+}
+
 
 
 class Reader:
@@ -108,7 +117,7 @@ def test_instruments_follow_a_rotation_and_a_closed_source_disappears(
 
     src.close()
     m = otel.collect(tmp_path)
-    assert all(not points for name, points in m.items() if name != "sa_token_auth_retries"), m
+    assert all(not points for name, points in m.items() if name not in PROCESS_COUNTERS), m
 
 
 def test_instruments_have_the_prometheus_names_kinds_and_units(
@@ -120,6 +129,8 @@ def test_instruments_have_the_prometheus_names_kinds_and_units(
     cred = Credential(str(projected_volume.token_path), time.time() + 600)
     _observe.track_credential(cred)
     _observe.count_auth_retry("otel-test")
+    for family in _readings.EVENT_FAMILIES:  # an instrument without observations is not exported
+        _observe.count_event(family.name, ("otel-test",) * len(family.labels))
     with TokenSource(projected_volume.token_path), CABundle(vol.path("ca.crt"), watch=False) as ca:
         m = otel.collect(tmp_path)
     assert otel.kinds == {
@@ -133,6 +144,11 @@ def test_instruments_have_the_prometheus_names_kinds_and_units(
         "sa_token_credential_expiry_timestamp_seconds": "gauge",
         "sa_token_ca_generation": "gauge",
         "sa_token_ca_last_change_timestamp_seconds": "gauge",
+        # the receiving side (sa_token.verify), process-wide counters
+        "sa_token_verifications": "counter",
+        "sa_token_jwks_fetches": "counter",
+        "sa_token_token_reviews": "counter",
+        "sa_token_verify_cache_hits": "counter",
     }
     assert {n for n, u in otel.units.items() if u == "s"} == {
         n for n in otel.kinds if n.endswith("_timestamp_seconds")

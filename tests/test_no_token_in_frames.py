@@ -283,3 +283,36 @@ def test_the_search_finds_a_token_where_it_is(kubelet: Kubelet) -> None:
     assert leaks(["x", ("y", {"k": token.encode()})], token)
     assert not leaks(TokenSource(kubelet.volume.token_path, watch=False).current(), token)
     time.sleep(0)
+
+
+def test_verify_errors_leave_no_token_in_frames(tmp_path: Path, token_issuer: Any) -> None:
+    """Every refusal of sa_token.verify (and an unreachable API server during a TokenReview,
+    whose request body carries the caller's token), searched as above, causes included."""
+    import base64
+    import json
+
+    from tests._verify_kit import AUDIENCE, cluster, dead_url
+
+    from sa_token.verify import VerificationError
+
+    with cluster(tmp_path, token_issuer) as c:
+        good = c.token()
+        head, payload, sig = good.split(".")
+        bad_payload = base64.urlsafe_b64encode(json.dumps({"aud": AUDIENCE}).encode()).decode().rstrip("=")
+        cases = {
+            "malformed base64": (c.verifier(), f"{head}.{payload}!.{sig}"),
+            "malformed json": (c.verifier(), f"{head}.{base64.urlsafe_b64encode(b'{x').decode()}.{sig}"),
+            "no exp": (c.verifier(), f"{head}.{bad_payload}.{sig}"),
+            "expired": (c.verifier(), c.token(now=time.time() - 7200)),
+            "audience": (c.verifier(), c.token(audiences=["x"])),
+            "signature": (c.verifier(), f"{head}.{payload}.{sig[:-4]}AAAA"),
+            "review refused": (c.verifier(method="tokenreview"), c.token(pod="gone")),
+            "review unreachable": (c.verifier(method="tokenreview", issuer=c.issuer.issuer, api_server=dead_url()),
+                                   c.token()),
+        }
+        c.server.delete_pod("gone")
+        for what, (verifier, token) in cases.items():
+            for call in (verifier.verify, lambda t, v=verifier: asyncio.run(v.averify(t))):
+                with pytest.raises(VerificationError) as info:
+                    call(token)
+                assert frames_holding(info.value, [token, good], core=True) == [], what

@@ -5,6 +5,9 @@ Integrations report here; the metrics collectors read here. Kept free of any met
 * `count_auth_retry(client)`: a request was sent again after a 401 (or gRPC UNAUTHENTICATED)
   with a re-read token; ``client`` is the integration's name (``"requests"``, ``"httpx"``,
   ``"aiohttp"``, ``"grpc"``, ``"kubernetes"``, ...).
+* `count_event(family, labels)`: something the receiving side (`sa_token.verify`) did: a
+  verification by method and outcome, a JWKS fetch, a TokenReview, a cache hit; ``family`` is
+  the metric's name, ``labels`` its label values in the family's order.
 * `track_credential(obj)`: an exchanged credential (a Vault token, cloud credentials) to report
   the expiry of. ``obj`` follows [`ExchangedCredential`][sa_token._observe.ExchangedCredential];
   it is held weakly, so a dropped credential disappears from the metrics by itself.
@@ -19,10 +22,14 @@ from typing import Optional, Protocol, runtime_checkable
 
 from ._hub import at_fork_in_child
 
-__all__ = ["ExchangedCredential", "auth_retries", "count_auth_retry", "credentials", "track_credential"]
+__all__ = [
+    "ExchangedCredential", "auth_retries", "count_auth_retry", "count_event", "credentials", "events",
+    "track_credential",
+]
 
 _LOCK = threading.Lock()
 _AUTH_RETRIES: Counter[str] = Counter()
+_EVENTS: Counter[tuple[str, tuple[str, ...]]] = Counter()
 _CREDENTIALS: weakref.WeakSet[ExchangedCredential] = weakref.WeakSet()
 
 
@@ -56,6 +63,18 @@ def auth_retries() -> dict[str, int]:
     """Retries so far, by client name."""
     with _LOCK:
         return dict(_AUTH_RETRIES)
+
+
+def count_event(family: str, labels: tuple[str, ...]) -> None:
+    """Count one event of metric ``family`` with these label values."""
+    with _LOCK:
+        _EVENTS[family, labels] += 1
+
+
+def events(family: str) -> dict[tuple[str, ...], int]:
+    """The counts of ``family`` so far, by label values."""
+    with _LOCK:
+        return {labels: n for (name, labels), n in _EVENTS.items() if name == family}
 
 
 def track_credential(obj: ExchangedCredential) -> None:

@@ -4,6 +4,7 @@ ServiceAccount token, watch it rotate, or run the demo.
     sa-token inspect [PATH] [--audience A] [--json]    decode and check a token file
     sa-token watch   [PATH] [--audience A] [--json]    one line per rotation / failed re-read
     sa-token check   [PATH] [--audience A] [--min-remaining D]  a probe: one line, an exit code
+    sa-token verify  [PATH|-] --audience A [--method M]  check a token as its receiver would
     sa-token demo    [--duration S] [--json]           kubelet + API server + client on this machine
 
 Exit codes: 0 valid (or a clean stop), 1 invalid (expired, not yet valid, wrong audience;
@@ -11,7 +12,7 @@ Exit codes: 0 valid (or a clean stop), 1 invalid (expired, not yet valid, wrong 
 error or malformed token (the demo: a missing dependency). Failures print a one-line reason on
 stderr. Nothing ever prints the token or its signature.
 
-One module per command (`inspect`, `watch`, `check`, `demo`), each with ``NAME``, ``HELP``,
+One module per command (`inspect`, `watch`, `check`, `verify`, `demo`), each with ``NAME``, ``HELP``,
 ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int`` (the `Command` protocol);
 a new command is one more module and one more name in `COMMANDS`. All output goes through
 `sa_token.cli._output`.
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # The commands, in the order the help lists them: each a module of this package.
-COMMANDS = ("inspect", "watch", "check", "demo")
+COMMANDS = ("inspect", "watch", "check", "verify", "demo")
 
 
 def _commands(argv: Optional[Sequence[str]]) -> list[Command]:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any, Optional
 
+from sa_token import _log
+
 from ._output import LIBRARY_PREFIX, shown
 
 __all__ = ["QueueLogHandler", "StderrLogHandler", "Stop", "library_logs", "stop_on_signals"]
@@ -69,8 +71,12 @@ _routes_lock = threading.Lock()
 @contextlib.contextmanager
 def library_logs(handler: logging.Handler) -> Iterator[None]:
     """Send the ``sa_token`` logger's records to ``handler`` (instead of the handler an outer
-    `library_logs` installed) for the duration. Other handlers are left alone."""
-    logger = logging.getLogger("sa_token")
+    `library_logs` installed) for the duration. Other handlers are left alone.
+
+    The logger is made here (`sa_token._log.logger`) if it was not yet: its made-hooks install
+    the routes that wait for it (`sa-token`'s stderr route) first, as the outer ones, so that they
+    cannot take over from this one when the library logs its first line."""
+    logger = _log.logger()
     with _routes_lock:
         outer = _routes[-1] if _routes else None
         _routes.append(handler)

@@ -67,6 +67,9 @@ def _other_samples(fams: dict[Family, Metric], n: dict[Family, str]) -> None:
     for c in r.credential_series():
         labels = {"kind": c.kind, **_token_labels(c.path, c.audience)[0]}
         fams[r.CREDENTIAL_EXPIRY].add_sample(n[r.CREDENTIAL_EXPIRY], labels, c.expiry)
+    for fam in r.EVENT_FAMILIES:
+        for labels, count in r.events(fam):
+            fams[fam].add_sample(n[fam], labels, float(count))
     for b in r.ca_series():
         fams[r.CA_GENERATION].add_sample(n[r.CA_GENERATION], {"path": b.path}, float(b.generation))
         fams[r.CA_LAST_CHANGE].add_sample(n[r.CA_LAST_CHANGE], {"path": b.path}, b.last_change)

@@ -28,6 +28,7 @@ __all__ = [
     "auth_retries",
     "ca_series",
     "credential_series",
+    "events",
     "token_series",
 ]
 
@@ -113,6 +114,36 @@ CA_LAST_CHANGE = Family(
     "When the current CA bundle was loaded, in Unix time.",
     "s",
 )
+# The receiving side (sa_token.verify): what verifiers did, counted as it happens (_observe).
+VERIFICATIONS = Family(
+    "sa_token_verifications",
+    "counter",
+    ("method", "result"),
+    "Incoming tokens checked by sa_token.verify, by method and result (ok, or why not).",
+    "{token}",
+)
+JWKS_FETCHES = Family(
+    "sa_token_jwks_fetches",
+    "counter",
+    ("result",),
+    "Fetches of the issuer's signing keys (JWKS) by sa_token.verify, by result.",
+    "{request}",
+)
+TOKEN_REVIEWS = Family(
+    "sa_token_token_reviews",
+    "counter",
+    ("result",),
+    "TokenReviews sent by sa_token.verify, by result (authenticated, refused, error).",
+    "{request}",
+)
+VERIFY_CACHE_HITS = Family(
+    "sa_token_verify_cache_hits",
+    "counter",
+    ("method",),
+    "Incoming tokens answered from sa_token.verify's cache of recent verdicts, by method.",
+    "{token}",
+)
+EVENT_FAMILIES = (VERIFICATIONS, JWKS_FETCHES, TOKEN_REVIEWS, VERIFY_CACHE_HITS)
 FAMILIES = (
     EXPIRY,
     ROTATION_DUE,
@@ -124,6 +155,7 @@ FAMILIES = (
     CREDENTIAL_EXPIRY,
     CA_GENERATION,
     CA_LAST_CHANGE,
+    *EVENT_FAMILIES,
 )
 
 
@@ -240,6 +272,12 @@ def credential_series() -> list[CredentialSeries]:
 def auth_retries() -> dict[str, int]:
     """Requests sent again after a 401, by client (labels shown safely)."""
     return {_label(client): n for client, n in _observe.auth_retries().items()}
+
+
+def events(family: Family) -> list[tuple[dict[str, str], int]]:
+    """A counter of `EVENT_FAMILIES`: (labels, count) for each label set seen."""
+    counts = _observe.events(family.name)
+    return [(dict(zip(family.labels, map(_label, values))), n) for values, n in counts.items()]
 
 
 def _label(value: str) -> str:

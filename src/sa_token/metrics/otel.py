@@ -71,6 +71,13 @@ def _ca(value: Callable[[CASeries], float]) -> Callback:
     return callback
 
 
+def _events(family: Family) -> Callback:
+    def callback(_options: CallbackOptions) -> list[Observation]:
+        return [Observation(n, labels) for labels, n in _readings.events(family)]
+
+    return callback
+
+
 # What each instrument observes (the names, units and help texts: `_readings.FAMILIES`).
 _CALLBACKS: dict[Family, Callback] = {
     _readings.EXPIRY: _token(lambda s: s.expiry),
@@ -83,6 +90,7 @@ _CALLBACKS: dict[Family, Callback] = {
     _readings.CREDENTIAL_EXPIRY: _credentials,
     _readings.CA_GENERATION: _ca(lambda b: b.generation),
     _readings.CA_LAST_CHANGE: _ca(lambda b: b.last_change),
+    **{family: _events(family) for family in _readings.EVENT_FAMILIES},
 }
 _LOCK = threading.Lock()
 

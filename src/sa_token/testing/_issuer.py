@@ -71,17 +71,53 @@ class TokenIssuer:
             if not isinstance(key, rsa.RSAPrivateKey):
                 raise TypeError("key_pem must hold an RSA private key")
             self._key = key
-        self.public_key = self._key.public_key()
-        der = self.public_key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        self._key_size = key_size
+        self._lock = threading.Lock()
+        self._keys: dict[str, Any] = {}  # kid -> private key: the signing key and those still published
+        self._use(self._key)
+        self.issued = 0
+
+    def _use(self, key: Any) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        public = key.public_key()
+        der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         # kid = base64url(sha256(PKIX DER)), as keyIDFromPublicKey in pkg/serviceaccount/jwt.go.
-        self.kid = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
-        self.public_key_pem = self.public_key.public_bytes(
+        kid = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+        with self._lock:
+            self._key, self.public_key, self.kid = key, public, kid
+            self._keys[kid] = key
+        self.public_key_pem = public.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        self._lock = threading.Lock()
-        self.issued = 0
+
+    @property
+    def kids(self) -> list[str]:
+        """The ``kid`` of every published key (the signing key last)."""
+        with self._lock:
+            return list(self._keys)
+
+    def rotate_key(self) -> str:
+        """Sign with a new key from now on; the old keys stay published (in `jwks()`) and
+        valid until `retire_key()`, as when kube-apiserver is given a second
+        ``--service-account-key-file``. Returns the new ``kid``."""
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self._use(rsa.generate_private_key(public_exponent=65537, key_size=self._key_size))
+        return self.kid
+
+    def retire_key(self, kid: str) -> None:
+        """Stop publishing (and accepting) the key ``kid``; the signing key cannot be retired."""
+        with self._lock:
+            if kid == self.kid:
+                raise ValueError("the signing key cannot be retired: rotate_key() first")
+            self._keys.pop(kid, None)
+
+    def public_key_for(self, kid: Optional[str]) -> Any:
+        """The public key published under ``kid`` (the signing key's for ``None``), or None."""
+        with self._lock:
+            key = self._key if kid is None else self._keys.get(kid)
+        return None if key is None else key.public_key()
 
     def __repr__(self) -> str:
         return f"TokenIssuer(issuer={self.issuer!r}, kid={self.kid[:8]}...)"
@@ -146,38 +182,40 @@ class TokenIssuer:
         """Sign an arbitrary payload with this issuer's key (header ``alg`` RS256 and ``kid``)."""
         with self._lock:
             self.issued += 1
+            key, kid = self._key, self.kid
         import jwt
 
         # kube-apiserver's header has no "typ" (go-jose with nil options).
-        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid, "typ": None})
+        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid, "typ": None})
 
     def jwks(self) -> dict[str, Any]:
-        """The JWKS document kube-apiserver serves at ``/openid/v1/jwks``."""
-        nums = self.public_key.public_numbers()
-        return {
-            "keys": [
-                {
-                    "use": "sig",
-                    "kty": "RSA",
-                    "kid": self.kid,
-                    "alg": "RS256",
-                    "n": _b64(nums.n),
-                    "e": _b64(nums.e),
-                }
-            ]
-        }
+        """The JWKS document kube-apiserver serves at ``/openid/v1/jwks``: every published key."""
+        with self._lock:
+            keys = list(self._keys.items())
+        out = []
+        for kid, key in keys:
+            nums = key.public_key().public_numbers()
+            out.append(
+                {"use": "sig", "kty": "RSA", "kid": kid, "alg": "RS256", "n": _b64(nums.n), "e": _b64(nums.e)}
+            )
+        return {"keys": out}
 
     def verify(
         self, token: str, *, audience: Union[str, Iterable[str], None] = None, leeway: float = 0
     ) -> dict[str, Any]:
-        """Verify like the API server: RS256 signature with this key, ``exp``, ``nbf``, ``iss`` and
-        (when given) ``aud``. Returns the claims; raises ``jwt.InvalidTokenError`` otherwise."""
+        """Verify like the API server: RS256 signature with the published key of its ``kid``,
+        ``exp``, ``nbf``, ``iss`` and (when given) ``aud``. Returns the claims; raises
+        ``jwt.InvalidTokenError`` otherwise."""
         import jwt
 
         aud = [audience] if isinstance(audience, str) else (list(audience) if audience is not None else None)
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = self.public_key_for(kid if isinstance(kid, str) else None)
+        if key is None:
+            raise jwt.InvalidSignatureError("no published key has this kid")
         claims: dict[str, Any] = jwt.decode(
             token,
-            self.public_key,
+            key,
             algorithms=["RS256"],
             audience=aud,
             issuer=self.issuer,

@@ -24,6 +24,12 @@ Endpoints:
   ``?watch=true`` streams of ``configmaps``, ``events``, ``pods`` and CRDs, from
   ``server.objects`` (``put``/``delete`` objects, ``close_watches()`` to end the streams from
   the server side): enough for a kopf operator in standalone mode.
+* ``GET /.well-known/openid-configuration`` and ``GET /openid/v1/jwks``: service-account issuer
+  discovery, with ``Cache-Control: public, max-age=3600`` (``jwks_max_age``) and the keys of
+  every published `TokenIssuer` key (`TokenIssuer.rotate_key`); the discovery document's
+  ``jwks_uri`` names an external address that never resolves, as pods often find;
+  ``discovery_allowed = False`` answers 403 (the caller lacks the RBAC role). `count(path)`
+  tells how many requests an endpoint got.
 * ``POST /apis/authentication.k8s.io/v1/tokenreviews``: a ``TokenReview`` of ``spec.token``
   for ``spec.audiences``, answered as kube-apiserver does (see `FakeAPIServer.reviews`,
   `FakeAPIServer.delete_pod`); this is what Vault's Kubernetes auth method calls.
@@ -44,7 +50,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -55,7 +61,9 @@ from ._objects import ObjectStore
 if TYPE_CHECKING:
     from ._issuer import TokenIssuer
 
-__all__ = ["FakeAPIServer", "RequestRecord", "TokenReviewRecord"]
+__all__ = [
+    "DISCOVERY_PATH", "JWKS_PATH", "TOKEN_REVIEW_PATH", "FakeAPIServer", "RequestRecord", "TokenReviewRecord",
+]
 
 # The audience kube-apiserver accepts by default (--api-audiences defaults to the issuer), which is
 # also what Kubelet and TokenIssuer put in a token by default.
@@ -66,6 +74,15 @@ IDLE_CONNECTION_TIMEOUT = 30.0
 TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 # A TokenReview body is a token plus a few fields: a few KiB. Refuse anything far larger.
 MAX_REVIEW_BODY = 1 << 20
+# Service-account issuer discovery (pkg/serviceaccount/openidmetadata.go): the paths, and the
+# max-age kube-apiserver sends with both ("hard-coded to match cache max-age set in OIDC discovery").
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+JWKS_PATH = "/openid/v1/jwks"
+JWKS_MAX_AGE = 3600
+# The discovery document's jwks_uri names the API server's external address, which pods often
+# cannot reach: here a host under .invalid (RFC 6761: never resolves), so a client that follows
+# it fails, and tests send traffic to the loopback only.
+EXTERNAL_JWKS_URI = "https://kubernetes.external.invalid:6443/openid/v1/jwks"
 # The version this server claims to be (only reported, nothing depends on it).
 VERSION_INFO = {
     "major": "1",
@@ -295,6 +312,14 @@ class _Handler(BaseHTTPRequestHandler):
                 "items": [_pod(ns, "app-0", "00000000-0000-0000-0000-000000000001"),
                           _pod(ns, "app-1", "00000000-0000-0000-0000-000000000002")],
             }
+        elif path in (DISCOVERY_PATH, JWKS_PATH) and method == "GET":
+            if not owner.discovery_allowed:
+                status, body = 403, _status(403, "Forbidden", f'forbidden: cannot get path "{path}"')
+            else:
+                record(200, jti, True, scheme, None)
+                cache = {"Cache-Control": f"public, max-age={owner.jwks_max_age}"}
+                self._send_json(200, owner._discovery(path), cache)
+                return
         elif path == "/echo" and method in ("GET", "POST"):
             status, body = 200, {
                 "method": method,
@@ -339,9 +364,10 @@ class _Handler(BaseHTTPRequestHandler):
             owner._record(RequestRecord("POST", path, 400, jti, True, scheme, None))
             self._send_json(400, _status(400, "BadRequest", "spec.token: Required value"))
             return
-        if owner.review_delay > 0:
-            time.sleep(owner.review_delay)
-        status = owner._review(token, audiences)
+        with owner._reviewing():
+            if owner.review_delay > 0:
+                time.sleep(owner.review_delay)
+            status = owner._review(token, audiences)
         owner._record(RequestRecord("POST", path, 201, jti, True, scheme, None))
         spec_out = {"audiences": audiences} if audiences else {}  # the token is not echoed back
         self._send_json(
@@ -375,7 +401,8 @@ class FakeAPIServer:
     * ``host``: the address to bind, ``127.0.0.1`` by default (``::1`` for IPv6).
 
     TokenReviews (what Vault's Kubernetes auth method sends): `reviews` lists them by `jti`,
-    `delete_pod()` makes a pod's tokens fail, `review_delay` (seconds) makes each review slow.
+    `delete_pod()` makes a pod's tokens fail, `review_delay` (seconds) makes each review slow,
+    `max_reviews_in_flight` is the most it answered at once.
 
     Starts serving in a daemon thread at construction;
     [`close()`][sa_token.testing.apiserver.FakeAPIServer.close] (or leaving the ``with`` block) stops it and
@@ -403,6 +430,14 @@ class FakeAPIServer:
         self._reviews: list[TokenReviewRecord] = []
         self._deleted_pods: set[tuple[str, str]] = set()
         self.review_delay = 0.0  # seconds each TokenReview takes: a slow API server
+        # Service-account issuer discovery (sa_token.verify): max-age of its answers, whether the
+        # caller may read them (the system:service-account-issuer-discovery ClusterRole), and a
+        # TokenReview that leaves out status.audiences (an API server that is not audience-aware).
+        self.jwks_max_age = JWKS_MAX_AGE
+        self.discovery_allowed = True
+        self.ignore_review_audiences = False
+        self.reviews_in_flight = 0
+        self.max_reviews_in_flight = 0  # the most TokenReviews answered at once: a client's limit
         self._conns: set[socket.socket] = set()
         self.handshake_failures = 0
         self.ca_generation = 0
@@ -535,6 +570,24 @@ class FakeAPIServer:
             return scheme, None, jti if isinstance(jti, str) else None, "invalidated"
         return scheme, claims, jti if isinstance(jti, str) else None, None
 
+    # ------------------------------------------------------------------ discovery ---------
+    def _discovery(self, path: str) -> dict[str, Any]:
+        if path == JWKS_PATH:
+            return self.issuer.jwks()
+        return {
+            "issuer": self.issuer.issuer,
+            "jwks_uri": EXTERNAL_JWKS_URI,
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        }
+
+    def count(self, path: str) -> int:
+        """How many requests for ``path`` (``"/openid/v1/jwks"``, `TOKEN_REVIEW_PATH`...) the
+        server answered, whatever their status: what a test asserts a scenario cost."""
+        with self._lock:
+            return sum(1 for r in self._records if r.path == path)
+
     # ------------------------------------------------------------------ TokenReview -------
     @property
     def reviews(self) -> list[TokenReviewRecord]:
@@ -542,6 +595,17 @@ class FakeAPIServer:
         token (its ``jti``) was reviewed, for which audiences, and the verdict."""
         with self._lock:
             return list(self._reviews)
+
+    @contextlib.contextmanager
+    def _reviewing(self) -> Iterator[None]:
+        with self._lock:
+            self.reviews_in_flight += 1
+            self.max_reviews_in_flight = max(self.max_reviews_in_flight, self.reviews_in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.reviews_in_flight -= 1
 
     def delete_pod(self, name: str, *, namespace: str = "default") -> None:
         """Mark a pod deleted: tokens bound to it (claim ``kubernetes.io.pod``) no longer
@@ -579,9 +643,13 @@ class FakeAPIServer:
         granted: list[str] = []
         claims: Optional[dict[str, Any]] = None
         try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self.issuer.public_key_for(kid if isinstance(kid, str) else None)
+            if key is None:
+                raise jwt.InvalidSignatureError("no published key has this kid")
             claims = jwt.decode(
                 token,
-                self.issuer.public_key,
+                key,
                 algorithms=["RS256"],
                 issuer=self.issuer.issuer,
                 options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False},
@@ -632,7 +700,8 @@ class FakeAPIServer:
                 "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
                 "extra": extra,
             },
-            "audiences": granted,
+            # An API server that is not audience-aware leaves status.audiences out.
+            **({} if self.ignore_review_audiences else {"audiences": granted}),
         }
 
     # ------------------------------------------------------------------ lifecycle ---------
