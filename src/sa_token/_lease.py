@@ -12,51 +12,39 @@ threads asking at once cause one login), no more often than the backoff allows. 
 (renewal point, re-login, backoff, the spread after a rotation) are `sa_token._lease_plan`'s.
 Its place on the hub (deadline, worker, subscription, fork) is `sa_token._lease_slot`.
 
-The state is one frozen [`Plan`][sa_token._lease_plan.Plan] (the lease readers use, the
-failures, the wait for a rotation), replaced whole under one short lock (`_state`); `_work`,
-held only by whoever renews or logs in, makes those single flight. Time is the wall clock read
-through `sa_token._clock` at each call (freezegun works), or an injected ``clock``.
+The keeper is the readers' side and the lifecycle; its schedule and the work (the plan, its
+two locks, the login and renewal attempts) are `sa_token._lease_engine.Engine`'s. Time is the
+wall clock read through `sa_token._clock` at each call (freezegun works), or an injected
+``clock``.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import random
-import threading
 import weakref
-from dataclasses import replace
 from typing import Callable, Generic, Optional, TypeVar
 
-from . import _clock, _fmt, _log
+from . import _fmt
 from ._hub import HUB
+from ._lease_engine import Engine
 from ._lease_plan import (
     BACKOFF_MAX,
     GRACE_RANGE,
     RENEW_FRACTION,
     Authenticator,
     Config,
-    Failed,
     Grant,
-    Granted,
     KeeperSource,
     Lease,
-    LoginStarted,
-    NoToken,
-    Outcome,
     Plan,
-    RenewRefused,
     Rotated,
-    SameToken,
-    forked,
-    next_plan,
 )
 from ._lease_report import Report
 from ._lease_slot import _Slot, keepers
 from ._locks import OwnedLock, inside, say
-from ._log import log
 from ._token import Token
-from .errors import ExchangeError, TokenError
+from .errors import ExchangeError
 
 __all__ = ["GRACE_RANGE", "RENEW_FRACTION", "Authenticator", "ExchangeError", "Grant", "Lease", "LeaseKeeper"]
 
@@ -108,42 +96,49 @@ class LeaseKeeper(Generic[C]):
     ) -> None:
         self.source = source
         self.exchange = exchange
-        self._cfg = Config(
-            name=name,
-            bound=renewal_needs_login_token,
-            clock=clock,
+        cfg = Config(
+            name=name, bound=renewal_needs_login_token, clock=clock, backoff_max=backoff_max,
             rng=rng or random.Random(),  # noqa: S311 - jitter, not cryptography
-            backoff_max=backoff_max,
-            background=background,
-            on_late=on_late,
+            background=background, on_late=on_late,
         )
-        self._report = Report(name)  # log lines, warnings once each, counts of logins and renewals
-        self._plan: Plan[C] = Plan()  # replaced whole under `_state`
-        # Held by whoever renews or logs in (never by readers); not counted by `inside`: a login
-        # reads its source, which takes the file's lock.
-        self._work = OwnedLock(counted=False)
-        self._state = threading.Lock()  # replacing the plan, and close(): held for a few lines
-        self._late: list[C] = []  # credentials obtained after close(), for on_late
-        self._phase = "starting"  # "running", "forked" (a child before its first use), "closed"
+        self._engine: Engine[C] = Engine(source, exchange, cfg)  # the plan, its locks, the attempts
         self._slot = _Slot(self)  # its entry on the hub's deadline heap, its worker and subscription
-        now = self._now()
-        with self._work:
-            self._login(now)
-            plan = self._plan
+        e = self._engine
+        now = e.now()
+        with e.work:
+            e.login(now)
+            plan = e.plan
             err = copy.copy(plan.error) if plan.lease is None else None
-            lines = self._report.notes.take()
+            lines = e.report.notes.take()
         say(lines)
         if err is not None:
             raise err
         self._slot.unsubscribe = source.subscribe(self._slot.rotated)
         weakref.finalize(self, self._slot.dropped)
         keepers.add(self)  # for the at-fork handler
-        self._phase = "running"
+        e.phase = "running"
         self._arm()
+
+    # What the slot, the fork handler and tests read of the engine.
+    @property
+    def _plan(self) -> Plan[C]:
+        return self._engine.plan
+
+    @property
+    def _work(self) -> OwnedLock:
+        return self._engine.work
+
+    @property
+    def _phase(self) -> str:
+        return self._engine.phase
+
+    @property
+    def _report(self) -> Report:
+        return self._engine.report
 
     @property
     def name(self) -> str:
-        return self._cfg.name
+        return self._engine.cfg.name
 
     @property
     def logins(self) -> int:
@@ -192,21 +187,22 @@ class LeaseKeeper(Generic[C]):
     def _obtain(self, stale: Optional[Lease[C]]) -> Lease[C]:
         if self.closed:
             raise RuntimeError(f"{self.name}: closed")
-        if self._work.held() or inside():  # inside our own work: never wait for a lock here
+        e = self._engine
+        if e.work.held() or inside():  # inside our own work: never wait for a lock here
             return self._lease_without_waiting()
-        now = self._now()
-        with self._work:
-            lease, refused = self._plan.lease, getattr(stale, "generation", None)
+        now = e.now()
+        with e.work:
+            lease, refused = e.plan.lease, getattr(stale, "generation", None)
             if lease is not None and lease.valid(now) and lease.generation != refused:
                 return lease  # valid, or another thread logged in while we waited for the lock
-            self._login_for(stale, now)
-            plan = self._plan
+            e.login_for(stale, now)
+            plan = e.plan
             err = None if plan.error is None else copy.copy(plan.error)  # no traceback shared
-            lines = self._report.notes.take()
+            lines = e.report.notes.take()
         say(lines)
-        self._hand_over_late()
+        e.hand_over_late()
         lease = plan.lease
-        if lease is not None and lease.valid(self._now()):
+        if lease is not None and lease.valid(e.now()):
             return lease
         raise err or self.exchange.error(f"{self.name}: no valid credential", reason="no-credential")
 
@@ -220,156 +216,50 @@ class LeaseKeeper(Generic[C]):
             transient=True,
         )
 
-    def _login_for(self, stale: Optional[Lease[C]], now: float) -> None:
-        """Under the work lock: log in, if the plan allows it now. A ``stale`` lease the server
-        refused (maybe renewed since, same credential) is dropped first: nobody uses it, and the
-        server answered, so no backoff holds this login back."""
-        lease = self._plan.lease
-        if stale is not None and lease is not None and lease.generation == stale.generation:
-            with self._state:
-                self._plan = replace(self._plan, lease=None, retry_at=-math.inf)
-        if self._plan.may_login(now):
-            self._login(now)
-
     # ------------------------------------------------------------------ the work ---------
     def step(self) -> float:
         """Do what is due now (renew, log in, retry); return the seconds until the next action.
         What the background worker runs; simulations call it directly with ``background=False``."""
-        if self.closed:
-            return math.inf
-        now = self._now()
-        if now >= self._plan.next_at():
-            with self._work:
-                plan = self._plan
-                if now >= plan.next_at():
-                    lease = plan.lease
-                    if lease is None or plan.login_due(now, bound=self._cfg.bound):
-                        self._login(now)
-                    else:
-                        self._renew(lease, now)
-                lines = self._report.notes.take()
-            say(lines)
-            self._hand_over_late()
-        return max(0.0, self._plan.next_at() - self._now())
-
-    def _apply(self, outcome: Outcome[C], now: float) -> Optional[Plan[C]]:
-        """Replace the plan by its successor after ``outcome``; ``None`` once closed (a grant
-        is then handed to ``on_late``: a lease published after close() would never be revoked)."""
-        cfg = self._cfg
-        with self._state:
-            if self.closed:
-                if isinstance(outcome, Granted):
-                    self._late.append(outcome.grant.credential)
-                return None
-            plan = self._plan = next_plan(self._plan, outcome, now, cfg.rng, bound=cfg.bound,
-                                          backoff_max=cfg.backoff_max)
-        return plan
-
-    def _login(self, now: float) -> None:
-        """Log in with the source's current token; on failure keep the current lease."""
-        lease = self._plan.lease
-        self._apply(LoginStarted(), now)
-        try:
-            tok = self.source.current()
-        except TokenError as exc:
-            self._wait(now, NoToken(self._no_token(str(exc), exc.reason)), f"{exc}")
-            return
-        if self._cfg.bound and lease is not None and lease.renews_until_token_expiry(tok, now):
-            # The login is due only because renewals will stop working when this token expires: a
-            # login with the same token would be bound to the same expiry. Renew until then and
-            # wait for the kubelet's rotation (the lease stays valid meanwhile).
-            why = f"the projected token at {_fmt.path(self.source.path)} has not been rotated yet"
-            self._wait(now, SameToken(tok, self._no_token(why, "not-rotated")), why, level=_log.INFO)
-            return
-        try:
-            grant = self.exchange.login(tok)
-        except ExchangeError as exc:
-            self._failed(now, exc, "log in")
-            return
-        plan = self._apply(Granted(grant, tok, renewal=False), now)
-        if plan is not None and plan.lease is not None:  # (else closed meanwhile: handed to on_late)
-            self._report.logged_in(tok, grant, plan.lease, now)
-
-    def _renew(self, lease: Lease[C], now: float) -> None:
-        try:
-            grant = self.exchange.renew(lease.credential)
-        except ExchangeError as exc:
-            if exc.transient:
-                self._failed(now, exc, "renew")
-                return
-            self._report.renewal_refused(exc.server_message or exc)
-            self._apply(RenewRefused(), now)  # retries log in, never renew it again
-            self._login(now)
-            return
-        plan = self._apply(Granted(grant, lease.login_token, renewal=True), now)
-        if plan is not None and plan.lease is not None:
-            self._report.renewed(plan.lease, now)
-
-    def _no_token(self, why: str, reason: str) -> ExchangeError:
-        return self.exchange.error(
-            f"{self.name}: cannot log in: {why}; waiting for the kubelet to rotate "
-            f"{_fmt.path(self.source.path)}",
-            reason="projected-token-" + reason,
-        )
-
-    def _wait(self, now: float, outcome: Outcome[C], why: str, level: int = _log.WARNING) -> None:
-        plan = self._apply(outcome, now)
-        if plan is not None and plan.waiting:
-            what = f"waiting for the kubelet to rotate the projected token before logging in: {why}"
-            self._warn(now, what, key="wait", level=level)
-
-    def _failed(self, now: float, exc: ExchangeError, what: str) -> None:
-        self._apply(Failed(exc), now)
-        self._warn(now, f"could not {what}: {exc}", key=f"{what}:{exc.reason}:{exc.status}")
-
-    def _warn(self, now: float, what: str, *, key: str, level: int = _log.WARNING) -> None:
-        if self._phase != "starting":  # the constructor raises instead
-            self._report.warn(self._plan, now, what, key=key, level=level)
+        return self._engine.step()
 
     # ------------------------------------------------------------------ events -----------
     def rotated(self, tok: Token) -> None:
         """The source read a new projected token (called from the source's thread: no I/O)."""
-        self._apply(Rotated(tok), self._now())
+        self._engine.apply(Rotated(tok), self._now())
         self._arm()
 
     # ------------------------------------------------------------------ background -------
     def _arm(self, delay: Optional[float] = None) -> None:
         """Plan the next action on the hub (in the background; a simulation drives `step`)."""
-        if self._cfg.background and self._phase == "running":
-            due = max(0.0, self._plan.next_at() - self._now())
+        e = self._engine
+        if e.cfg.background and e.phase == "running":
+            due = max(0.0, e.plan.next_at() - self._now())
             self._slot.arm(min(due, MAX_SLEEP) if delay is None else delay)
 
     def _first_use_in_child(self) -> None:
         """A forked child's first use: the exchange's fork hook, then the background work (its
         own login first: the parent's credential is only a fallback)."""
-        with self._state:
-            if self._phase != "forked":
+        e = self._engine
+        with e.state:
+            if e.phase != "forked":
                 return
-            self._phase = "running"
+            e.phase = "running"
         hook = getattr(self.exchange, "after_fork", None)
         if hook is not None:
             hook()
         self._arm(0.0)
 
-    def _hand_over_late(self) -> None:
-        late, self._late = self._late, []
-        for credential in late:
-            if self._cfg.on_late is not None:
-                try:
-                    self._cfg.on_late(credential)
-                except Exception:
-                    log.exception("sa-token: %s: handling a late credential failed", self.name)
-
     # ------------------------------------------------------------------ lifecycle --------
     def close(self) -> Optional[Lease[C]]:
         """Stop the background work and let go of the source. Idempotent. Returns the lease
         this process obtained if it is still valid (for a revocation), else ``None``."""
-        with self._state:
-            if self.closed:
+        e = self._engine
+        with e.state:
+            if e.closed:
                 return None
-            self._phase = "closed"
-            lease = self._plan.lease
-            self._plan = Plan(error=self._plan.error)
+            e.phase = "closed"
+            lease = e.plan.lease
+            e.plan = Plan(error=e.plan.error)
         self._slot.unsubscribe()
         HUB.cancel(self._slot)
         keepers.discard(self)
@@ -379,20 +269,14 @@ class LeaseKeeper(Generic[C]):
 
     @property
     def closed(self) -> bool:
-        return self._phase == "closed"
+        return self._engine.closed
 
     def _after_fork(self) -> None:
         """In a forked child: fresh locks; the parent's credential is kept only as a fallback
-        while the child logs in for a credential of its own (see `_after_fork_in_child`) at its
+        while the child logs in for a credential of its own (see `_first_use_in_child`) at its
         first use of the keeper: no thread and no login in a child that never uses it."""
-        self._work = OwnedLock(counted=False)
-        self._state = threading.Lock()
-        self._report.forked()
-        self._late = []
-        self._plan = forked(self._plan, self._now())
-        if not self.closed:
-            self._phase = "forked"  # the deadline inherited from the parent does nothing (`fire`)
+        self._engine.after_fork()
 
     # ------------------------------------------------------------------ internals --------
     def _now(self) -> float:
-        return _clock.now(self._cfg.clock)
+        return self._engine.now()

@@ -132,11 +132,14 @@ class TokenSource:
         self._watch = bool(watch)
         self._subscribers: Subscribers[Token] = Subscribers(self.path)
         self._closed = False
+        self._file: TokenFile  # these three set by _join
+        self._shared: FileView
+        self._view: Union[FileView, _Closed]  # what token() reads: the shared view, or the last one
         # Register (and arm the watch) before the first read: a rotation after this point
         # raises an event. One registry operation; undone below if the read fails.
         tfile = HUB.acquire(self.path, lambda: TokenFile(self.path), watch=self._watch)
         try:
-            first, now = self._join(tfile)
+            first, now = _join(self, tfile)
         except BaseException:
             HUB.release(tfile, watch=self._watch)
             raise
@@ -145,24 +148,6 @@ class TokenSource:
         self._finalizer = weakref.finalize(self, HUB.release_later, tfile, self._watch, self._shared)
         self._finalizer.atexit = False
         tfile.warn_at_start(first, now, self.leeway)
-
-    def _join(self, tfile: TokenFile) -> tuple[Token, float]:
-        if inside():
-            raise RuntimeError(
-                f"sa-token: a TokenSource for {_fmt.path(self.path)} cannot be created while this "
-                "thread is reading that file (from a finalizer the garbage collector ran there): "
-                "create it outside __del__"
-            )
-        now = self._now()  # before the lock: an injected clock never runs under it
-        key = (self._expect, self.refresh_interval, self._clock)
-
-        def make() -> FileView:
-            return FileView(tfile, self._expect, self.refresh_interval, self._clock)
-
-        self._file = tfile
-        self._shared, first = tfile.join(self, key, make, now)
-        self._view: Union[FileView, _Closed] = self._shared  # what token() reads
-        return first, now
 
     # ------------------------------------------------------------------ public API -------
     def token(self) -> str:
@@ -244,17 +229,9 @@ class TokenSource:
 
     def _forget(self, rule: Callable[[Snapshot], bool]) -> bool:
         if inside():  # from a finalizer inside our own work: an attribute store, no lock
-            return self._forget_locked(rule)
+            return not self._closed and self._shared.forget(rule)
         with self._file.lock:
-            return self._forget_locked(rule)
-
-    def _forget_locked(self, rule: Callable[[Snapshot], bool]) -> bool:
-        view = self._view
-        snap = view.snap
-        if self._closed or not rule(snap):
-            return False
-        view.snap = snap._replace(refresh_at=-math.inf, serve_until=-math.inf)
-        return True
+            return not self._closed and self._shared.forget(rule)
 
     def _current_nowait(self) -> Optional[Token]:
         """The parsed token if it can be handed out without I/O, else ``None``."""
@@ -293,15 +270,10 @@ class TokenSource:
         What they raise is logged."""
         unsubscribe = self._subscribers.add(callback)
         if inside():  # from a finalizer inside our own work: the hub's thread takes the lock
-            HUB.defer(self._listen)
+            HUB.defer(lambda: self._shared.listen(self))
         else:
-            self._listen()
+            self._shared.listen(self)
         return unsubscribe
-
-    def _listen(self) -> None:
-        with self._file.lock:
-            if not self._closed:
-                self._shared.listening.add(self)
 
     def close(self) -> None:
         """Stop watching and re-reading. Idempotent. The last token stays readable through
@@ -323,8 +295,7 @@ class TokenSource:
             if not self._closed:
                 self._closed = True
                 self._view = _Closed(self._view.snap)
-            self._shared.sources.discard(self)
-            self._shared.listening.discard(self)
+            self._shared.leave(self)
         if self._finalizer.detach() is not None:  # once: a second close() finds it detached
             HUB.release(self._file, watch=self._watch, slot=self._shared)
 
@@ -342,11 +313,8 @@ class TokenSource:
         view = getattr(self, "_view", None)  # None while __init__ reads
         exp = None if view is None else view.snap.token.expires_at
         mode = "closed" if self._closed else ("inotify" if view and self.watching else "timer")
-        aud = list(self.audiences) if self.audiences else None
-        return (
-            f"TokenSource(path={self.path!r}, audience={aud!r}, mode={mode}, "
-            f"expires_at={exp.isoformat() if exp else None!r})"
-        )
+        aud, until = list(self.audiences) if self.audiences else None, exp.isoformat() if exp else None
+        return f"TokenSource(path={self.path!r}, audience={aud!r}, mode={mode}, expires_at={until!r})"
 
     # ------------------------------------------------------------------ internals --------
     def _now(self) -> float:
@@ -360,6 +328,27 @@ class TokenSource:
         """The slow path: re-read if due (single flight), then serve or raise."""
         self._ensure_open()
         return self._shared.checked(now)
+
+
+def _join(source: TokenSource, tfile: TokenFile) -> tuple[Token, float]:
+    """Join ``source`` to the view of its settings on ``tfile`` (made, and the file read, if
+    it is the first); the first token and when it was taken."""
+    if inside():
+        raise RuntimeError(
+            f"sa-token: a TokenSource for {_fmt.path(source.path)} cannot be created while this "
+            "thread is reading that file (from a finalizer the garbage collector ran there): "
+            "create it outside __del__"
+        )
+    now = source._now()  # before the lock: an injected clock never runs under it
+    key = (source._expect, source.refresh_interval, source._clock)
+
+    def make() -> FileView:
+        return FileView(tfile, source._expect, source.refresh_interval, source._clock)
+
+    source._file = tfile
+    source._shared, first = tfile.join(source, key, make, now)
+    source._view = source._shared  # what token() reads
+    return first, now
 
 
 def require_source(source: T, what: str) -> T:

@@ -244,6 +244,26 @@ class FileView:
             raise problem
         return snap.token
 
+    def listen(self, source: Any) -> None:
+        """``source`` has subscribers: the view notifies it of rotations (unless it closed)."""
+        with self.file.lock:
+            if not source.closed:
+                self.listening.add(source)
+
+    def leave(self, source: Any) -> None:
+        """``source`` closed (under the file's lock)."""
+        self.sources.discard(source)
+        self.listening.discard(source)
+
+    def forget(self, rule: Callable[[Snapshot], bool]) -> bool:
+        """Make the next `TokenSource.token` re-read if ``rule(snap)`` (under the file's lock, or
+        from a finalizer inside our own work): `TokenSource.invalidate` and ``invalidate_if``."""
+        snap = self.snap
+        if not rule(snap):
+            return False
+        self.snap = snap._replace(refresh_at=-math.inf, serve_until=-math.inf)
+        return True
+
     def schedule(self, refresh_at: float, now: float) -> None:
         """Have the watcher thread re-read at ``refresh_at`` (replacing the planned re-read)."""
         HUB.schedule(refresh_at - now, self, slot=self)

@@ -54,6 +54,13 @@ STALE_BEFORE = 15 * 60  # refresh this long before expiry, as the SDK's OIDC pro
 TIMEOUTS = {"connectTimeout": 5000, "readTimeout": 10000}  # milliseconds, the SDK's defaults
 
 
+def _regional_endpoint() -> str:
+    """``sts[-vpc].<ALIBABA_CLOUD_STS_REGION>.aliyuncs.com``, else the global endpoint."""
+    region = os.environ.get("ALIBABA_CLOUD_STS_REGION")
+    vpc = os.environ.get("ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED", "").lower() == "true"
+    return f"sts{'-vpc' if vpc else ''}.{region}.aliyuncs.com" if region else "sts.aliyuncs.com"
+
+
 class STSError(CredentialException, ExchangeError):  # type: ignore[misc]
     """STS refused the token: a `CredentialException` whose `code` is Alibaba's `Code`
     (`AuthenticationFail.OIDCToken.Expired`, `...AudienceNotMatch`, `AuthenticationFail.NoPermission`...)
@@ -100,27 +107,20 @@ class RRSACredentialsProvider(CloudCredential, ICredentialsProvider):  # type: i
         sts_endpoint: Optional[str] = None,
         audience: str = AUDIENCE,
     ) -> None:
-        self.source = platform_source(
-            source, variable="ALIBABA_CLOUD_OIDC_TOKEN_FILE", audience=audience, platform="Alibaba Cloud STS"
-        )
+        platform = "Alibaba Cloud STS"
+        self.source = platform_source(source, variable="ALIBABA_CLOUD_OIDC_TOKEN_FILE", audience=audience,
+                                      platform=platform)
         self.audience = audience
+        idp = "RRSA: the OIDC provider"
         self._form = {
             "RoleArn": setting(role_arn, "ALIBABA_CLOUD_ROLE_ARN", "RRSA: the role to assume"),
-            "OIDCProviderArn": setting(
-                oidc_provider_arn, "ALIBABA_CLOUD_OIDC_PROVIDER_ARN", "RRSA: the OIDC provider"
-            ),
-            "RoleSessionName": role_session_name
-            or os.environ.get("ALIBABA_CLOUD_ROLE_SESSION_NAME")
+            "OIDCProviderArn": setting(oidc_provider_arn, "ALIBABA_CLOUD_OIDC_PROVIDER_ARN", idp),
+            "RoleSessionName": role_session_name or os.environ.get("ALIBABA_CLOUD_ROLE_SESSION_NAME")
             or f"sa-token-{int(_clock.wall())}",
             "DurationSeconds": str(duration_seconds),
         }
-        region = os.environ.get("ALIBABA_CLOUD_STS_REGION")
-        vpc = os.environ.get("ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED", "").lower() == "true"
-        self.sts_endpoint = (
-            sts_endpoint
-            or os.environ.get("ALIBABA_CLOUD_STS_ENDPOINT")  # as ack-ram-tool reads it
-            or (f"sts{'-vpc' if vpc else ''}.{region}.aliyuncs.com" if region else "sts.aliyuncs.com")
-        )
+        endpoint = os.environ.get("ALIBABA_CLOUD_STS_ENDPOINT")  # as ack-ram-tool reads it
+        self.sts_endpoint = sts_endpoint or endpoint or _regional_endpoint()
         self._cache = RefreshCachedSupplier(
             refresh_callable=self._refresh, refresh_callable_async=self._refresh_async
         )
@@ -141,9 +141,8 @@ class RRSACredentialsProvider(CloudCredential, ICredentialsProvider):  # type: i
     def _request(self) -> TeaRequest:
         request = TeaRequest()
         request.method, request.protocol = "POST", "https"
-        request.headers.update(
-            {"host": self.sts_endpoint, "content-type": "application/x-www-form-urlencoded"}
-        )
+        form = "application/x-www-form-urlencoded"
+        request.headers.update({"host": self.sts_endpoint, "content-type": form})
         query = {"Action": "AssumeRoleWithOIDC", "Format": "JSON", "Version": "2015-04-01"}
         request.query = {**query, "Timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         return request
@@ -170,19 +169,14 @@ class RRSACredentialsProvider(CloudCredential, ICredentialsProvider):  # type: i
             code, why = scrub(answer.get("Code")), scrub(answer.get("Message", ""))
             raise STSError(
                 f"Alibaba Cloud STS refused the token from {_fmt.path(self.source.path)} "
-                f"(HTTP {response.status_code}, {code}): {why}",
-                code=answer.get("Code"),
-                status=response.status_code,
-                path=self.source.path,
-                request_id=answer.get("RequestId"),
+                f"(HTTP {response.status_code}, {code}): {why}", code=answer.get("Code"),
+                status=response.status_code, path=self.source.path, request_id=answer.get("RequestId"),
             )
         expiration = calendar.timegm(time.strptime(cred["Expiration"], "%Y-%m-%dT%H:%M:%SZ"))
         self._expires_at = float(expiration)
         value = Credentials(
-            access_key_id=cred["AccessKeyId"],
-            access_key_secret=cred["AccessKeySecret"],
-            security_token=cred["SecurityToken"],
-            expiration=expiration,
+            access_key_id=cred["AccessKeyId"], access_key_secret=cred["AccessKeySecret"],
+            security_token=cred["SecurityToken"], expiration=expiration,
             provider_name=self.get_provider_name(),
         )
         return RefreshResult(value=value, stale_time=expiration - STALE_BEFORE)

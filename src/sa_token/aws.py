@@ -150,17 +150,12 @@ def install(
         ConfigurationError: a setting is missing (the message names its variable).
         AudienceMismatchError: the token is not for `audience`.
     """
-    source = platform_source(
-        source, variable="AWS_WEB_IDENTITY_TOKEN_FILE", audience=audience, platform="AWS STS"
-    )
+    variable = "AWS_WEB_IDENTITY_TOKEN_FILE"
+    source = platform_source(source, variable=variable, audience=audience, platform="AWS STS")
     provider = WebIdentityCredentials(
-        botocore_session,
-        source,
-        role_arn=setting(role_arn, "AWS_ROLE_ARN", "AWS: the role to assume"),
-        audience=audience,
-        session_name=session_name or os.environ.get("AWS_ROLE_SESSION_NAME"),
-        region_name=region_name,
-        duration_seconds=duration_seconds,
+        botocore_session, source, role_arn=setting(role_arn, "AWS_ROLE_ARN", "AWS: the role to assume"),
+        audience=audience, session_name=session_name or os.environ.get("AWS_ROLE_SESSION_NAME"),
+        region_name=region_name, duration_seconds=duration_seconds,
     )
     botocore_session.register_component("credential_provider", CredentialResolver([provider]))
     return provider
@@ -181,13 +176,6 @@ def boto3_session(
     the EKS Pod Identity webhook sets and the AWS SDKs read; boto3 alone reads only the second)."""
     region_name = region_name or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
     core = botocore.session.Session()
-    install(
-        core,
-        source,
-        role_arn=role_arn,
-        session_name=session_name,
-        region_name=region_name,
-        duration_seconds=duration_seconds,
-        audience=audience,
-    )
+    install(core, source, role_arn=role_arn, session_name=session_name, region_name=region_name,
+            duration_seconds=duration_seconds, audience=audience)
     return boto3.Session(botocore_session=core, region_name=region_name)

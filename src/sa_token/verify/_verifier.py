@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
-from sa_token import _clock, _fmt, _observe
+from sa_token import _clock, _observe
 from sa_token._ca import CABundle
 from sa_token._hub import at_fork_in_child
 from sa_token._incluster import not_in_cluster_reason, service_url
@@ -25,6 +25,7 @@ from sa_token._source import TokenSource, require_source
 from sa_token.errors import ConfigurationError
 
 from ._cache import Flights, Verdicts
+from ._discovery import Discovery
 from ._http import DEFAULT_TIMEOUT, Endpoint, refused
 from ._identity import Identity, from_claims
 from ._jwks import KeyCache, NeedsIO
@@ -39,9 +40,6 @@ DEFAULT_LEEWAY = 60.0
 # TokenReview answers, positive and negative, are reused this long (never past the token's exp):
 # the API server's delegating authenticator's CacheTTL (k8s.io/apiserver, 10 s).
 REVIEW_TTL = 10.0
-# Discovery is tried again after a failure this long at the least, doubling to a minute.
-DISCOVERY_RETRY_FIRST, DISCOVERY_RETRY_MAX = 1.0, 60.0
-DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/openid/v1/jwks"
 METHODS = ("jwks", "tokenreview")
 _LIVE: weakref.WeakSet[TokenVerifier] = weakref.WeakSet()
@@ -172,8 +170,7 @@ class TokenVerifier:
         verdicts stay with the parent)."""
         self._verdicts: Verdicts[Identity] = Verdicts()
         self._flights = Flights()
-        self._issuer: Optional[str] = self._issuer_given
-        self._discovery = (-math.inf, 0, "")  # retry_at, failures, last error
+        self._discovery = Discovery(self._api, self._issuer_given)
         self._keys = KeyCache(self._fetch_keys, self.jwks_url) if self.method == "jwks" else None
         self._reviewer = (
             Reviewer(self._api, self.audiences) if self._api and self.method == "tokenreview" else None
@@ -226,7 +223,7 @@ class TokenVerifier:
 
     def __repr__(self) -> str:
         auds = list(self.audiences)
-        return f"TokenVerifier(method={self.method!r}, audience={auds!r}, issuer={self._issuer!r})"
+        return f"TokenVerifier(method={self.method!r}, audience={auds!r}, issuer={self._discovery.issuer!r})"
 
     # ------------------------------------------------------------------ the checks -------
     def _checked(self, check: Callable[[], Identity]) -> Identity:
@@ -260,7 +257,7 @@ class TokenVerifier:
         parsed = parse(presented)
         check_times(parsed, now, self.leeway)
         matched = matched_audiences(parsed, self.audiences)
-        check_issuer(parsed, self._issuer or self._discover(now, io))
+        check_issuer(parsed, self._discovery.issuer or self._discovery.issuer_for(now, io))
         if self._keys is not None:
             return self._by_signature(parsed, matched, digest, now, io)
         if not io:
@@ -304,41 +301,6 @@ class TokenVerifier:
         return identity
 
     # ------------------------------------------------------------------ fetching ---------
-    def _discover(self, now: float, io: bool) -> str:
-        retry_at, _, error = self._discovery
-        if now < retry_at:
-            raise VerifierUnavailableError(
-                f"the issuer could not be discovered: {error}; next try in {_fmt.duration(retry_at - now)}"
-            )
-        if not io:
-            raise NeedsIO
-        return self._flights.run("discovery", lambda: self._fetch_issuer(now))
-
-    def _fetch_issuer(self, now: float) -> str:
-        if self._issuer is not None:  # found by the flight this one waited behind
-            return self._issuer
-        assert self._api is not None
-        failure: Optional[VerifierUnavailableError] = None
-        try:
-            response = self._api.request("GET", DISCOVERY_PATH, "OIDC discovery")
-            doc = response.body if isinstance(response.body, dict) else {}
-            if response.status != 200:
-                failure = refused(response, "OIDC discovery", self._api.url)
-            elif not isinstance(doc.get("issuer"), str) or not doc["issuer"]:
-                failure = VerifierUnavailableError(
-                    f"OIDC discovery at {self._api.url}: the answer names no issuer"
-                )
-            else:
-                self._issuer = doc["issuer"]
-                self._discovery = (-math.inf, 0, "")
-                return self._issuer
-        except VerifierUnavailableError as exc:
-            failure = exc
-        failures = self._discovery[1]
-        delay = min(DISCOVERY_RETRY_MAX, DISCOVERY_RETRY_FIRST * 2**failures)
-        self._discovery = (now + delay, failures + 1, _fmt.text(failure))
-        raise failure
-
     def _fetch_keys(self) -> tuple[object, Optional[str]]:
         try:
             response = self._keys_at.request("GET", self._keys_path, "fetching the issuer's keys")

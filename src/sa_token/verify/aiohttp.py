@@ -19,6 +19,7 @@ when a token was sent), 503 when the verifier cannot decide.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Iterable
 from typing import Any, Callable
 
@@ -36,6 +37,23 @@ __all__ = ["IDENTITY_KEY", "middleware"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_stored = False
+
+
+def _store(request: web.Request, identity: Identity) -> None:
+    """``request["sa_token.identity"] = identity``. aiohttp >= 3.13 recommends typed
+    ``web.RequestKey``s and warns the first time a process uses a string key; this documented
+    string key is ours, so that one warning is not shown (later stores do not warn)."""
+    global _stored  # noqa: PLW0603 - once per process, as aiohttp's own warning
+    if _stored:
+        request[IDENTITY_KEY] = identity
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", getattr(web, "NotAppKeyWarning", UserWarning))
+        request[IDENTITY_KEY] = identity
+    _stored = True
+
+
 def middleware(verifier: TokenVerifier, *, exempt: Iterable[str] = ("/healthz",)) -> Any:
     """An aiohttp middleware (``web.Application(middlewares=[...])``) that puts the caller's
     `Identity` in ``request["sa_token.identity"]``."""
@@ -47,7 +65,7 @@ def middleware(verifier: TokenVerifier, *, exempt: Iterable[str] = ("/healthz",)
             return await handler(request)
         outcome = await adecide(verifier, request.headers.get("Authorization"))
         if isinstance(outcome, Identity):
-            request[IDENTITY_KEY] = outcome
+            _store(request, outcome)
             return await handler(request)
         return web.Response(
             status=outcome.status,
