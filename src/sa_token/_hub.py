@@ -36,9 +36,9 @@ from typing import Callable, Optional, TypeVar
 
 from . import _clock, _inotify
 from ._deadlines import Deadlines
+from ._hubfile import HubFile
 from ._inotify import (
     DATA_DIR,
-    DirWatch,
     volume_root,
     watch_targets,
 )
@@ -57,35 +57,6 @@ MAX_SLEEP = 86400.0
 _mono = _clock.mono  # the hub's clock for sleeping (CLOCK_BOOTTIME where there is one)
 
 F = TypeVar("F", bound="HubFile")
-
-
-class HubFile:
-    """What the hub watches: one file, shared by everyone using that path.
-
-    Subclasses implement `refresh` (re-read now; must never raise). ``refs`` and
-    ``watch_refs`` (how many users, and how many of them want inotify) belong to the hub and
-    change only under its lock."""
-
-    def __init__(self, key: str, path: str) -> None:
-        self.key = key
-        self.path = path
-        self.lock = OwnedLock()
-        self.refs = 0
-        self.watch_refs = 0
-        self.dirs: list[DirWatch] = []
-
-    def refresh(self) -> None:
-        raise NotImplementedError
-
-    @property
-    def watching(self) -> bool:
-        """Whether inotify watches every directory this file needs (else the timer covers it)."""
-        dirs = self.dirs
-        return bool(dirs) and all(d.wd is not None for d in dirs)
-
-    def after_fork_in_child(self) -> None:
-        """In a forked child, at the fork: only cheap, local work (no thread, no descriptor)."""
-        self.lock = OwnedLock()
 
 
 class Hub:
@@ -107,14 +78,14 @@ class Hub:
         self.notes = Notes()  # what to log once the lock is released (`_say`)
         self.files: dict[str, HubFile] = {}
         self.tracked: weakref.WeakSet[HubFile] = weakref.WeakSet()  # every lock holder, for fork
-        self.watches = Watches(self)  # the inotify instance and the directory watches
+        self.watches: Watches = Watches(self)  # the inotify instance and the directory watches
         self.deadlines = Deadlines()  # on the hub's clock (`_mono`); carried over a fork whole
         # Work queued without the lock (finalizers, a close() re-entered under our own lock):
         # releases (file, watch, deadline slot), done under the lock by the next registration or
         # the thread; and calls, made by the thread outside the lock.
         self.deferred: list[tuple[HubFile, bool, Optional[object]]] = []
         self.later: list[Callable[[], None]] = []
-        self.watcher = Watcher(self)  # the one thread and its wake-up pipe
+        self.watcher: Watcher = Watcher(self)  # the one thread and its wake-up pipe
         self.started = True  # False in a forked child until its first use
 
     def _say(self) -> None:
@@ -296,6 +267,11 @@ class Hub:
         timeout = min(next_due - now, MAX_SLEEP) if next_due < math.inf else math.inf
         busy = bool(due or self.later or self.deferred)
         return (due if busy else None), self.watches.fd, timeout, now
+
+    def refresh_files(self, files: set[HubFile]) -> None:
+        """Re-read each file (on the hub's thread: what the watches found changed or re-armed)."""
+        for f in files:
+            _refresh(f)
 
     def _on_inotify(self, fd: int) -> None:
         events = _inotify.read_events(fd)

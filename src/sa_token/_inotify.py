@@ -15,12 +15,10 @@ import ctypes
 import errno
 import os
 import struct
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
+from ._hubfile import REARM_FIRST, REARM_MAX, DirWatch
 from ._paths import DATA_DIR, volume_root
-
-if TYPE_CHECKING:
-    from ._hub import HubFile
 
 __all__ = [
     "DATA_DIR",
@@ -42,11 +40,6 @@ __all__ = [
     "watch_targets",
 ]
 
-# Retry arming a directory watch that failed (the directory is missing, the watch limit is
-# reached) after this long, doubling up to the cap: a volume usually comes back within seconds,
-# and a process must not spin on a limit that only an administrator can raise.
-REARM_FIRST = 1.0
-REARM_MAX = 60.0
 # inotify_init1 failures that free descriptors or memory cure (the open-file limit, the node's
 # instance limit, memory): retried with backoff (REARM_FIRST doubling to REARM_MAX).
 TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
@@ -124,19 +117,6 @@ def watch_targets(path: str) -> dict[str, set[str]]:
     if real != path and (root is None or not real.startswith(root + os.sep)):
         add(real)
     return targets
-
-
-class DirWatch:
-    """One directory: its inotify watch (``wd``) and the files interested in its entries."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-        self.wd: Optional[int] = None
-        self.names: dict[str, set[HubFile]] = {}
-        self.rearm_delay = REARM_FIRST
-
-    def files(self) -> set[HubFile]:
-        return {f for fs in self.names.values() for f in fs}
 
 
 def _events(data: bytes) -> list[tuple[int, int, str]]:

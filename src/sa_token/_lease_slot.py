@@ -9,14 +9,36 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 from ._hub import HUB, at_fork_in_child
 from ._log import log
 
 if TYPE_CHECKING:
-    from ._lease import LeaseKeeper
+    from ._lease_report import Report
     from ._token import Token
+
+
+class Kept(Protocol):
+    """What the slot uses of its keeper (`sa_token._lease.LeaseKeeper`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def _phase(self) -> str: ...
+
+    @property
+    def _report(self) -> Report: ...
+
+    def step(self) -> float: ...
+
+    def rotated(self, tok: Token) -> None: ...
+
+    def _arm(self, delay: Optional[float] = None) -> None: ...
+
+    def _after_fork(self) -> None: ...
+
 
 __all__ = ["THREAD_RETRY_FIRST", "THREAD_RETRY_MAX", "_Slot", "keepers"]
 
@@ -33,7 +55,7 @@ class _Slot:
 
     __slots__ = ("keeper", "unsubscribe")
 
-    def __init__(self, keeper: LeaseKeeper[Any]) -> None:
+    def __init__(self, keeper: Kept) -> None:
         self.keeper = weakref.ref(keeper)
         self.unsubscribe: Callable[[], None] = _nothing
 
@@ -90,13 +112,13 @@ class _Keepers:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.all: weakref.WeakSet[LeaseKeeper[Any]] = weakref.WeakSet()
+        self.all: weakref.WeakSet[Kept] = weakref.WeakSet()
 
-    def add(self, keeper: LeaseKeeper[Any]) -> None:
+    def add(self, keeper: Kept) -> None:
         with self.lock:
             self.all.add(keeper)
 
-    def discard(self, keeper: LeaseKeeper[Any]) -> None:
+    def discard(self, keeper: Kept) -> None:
         with self.lock:
             self.all.discard(keeper)
 

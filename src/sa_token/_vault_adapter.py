@@ -4,16 +4,21 @@ request from the lease, never stored on the client) and logs in again after a 40
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 import requests
 from hvac.adapters import JSONAdapter  # (sa_token.vault imports this after its install hint)
 
-from ._lease import Lease
+from ._lease import Lease, LeaseKeeper
 from ._vault_login import FORBIDDEN, _Issued
 
-if TYPE_CHECKING:
-    from .vault import VaultAuth
+
+class _Vault(Protocol):
+    """What the adapter uses of its `sa_token.vault.VaultAuth`."""
+
+    _keeper: LeaseKeeper[_Issued]
+
+    def _after_403(self, sent: Lease[_Issued]) -> Optional[Lease[_Issued]]: ...
 
 __all__ = ["_Adapter"]
 
@@ -22,7 +27,7 @@ class _Adapter(JSONAdapter):
     """hvac's JSON adapter with the token of a `VaultAuth`, set per request from the lease (a
     thread-local holds the one being sent); a 403 is checked and retried once."""
 
-    def __init__(self, *args: Any, vault: VaultAuth, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, vault: _Vault, **kwargs: Any) -> None:
         self._vault = vault
         self._sending = threading.local()
         super().__init__(*args, **kwargs)

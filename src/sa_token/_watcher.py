@@ -24,7 +24,7 @@ from ._log import log
 from .errors import ThreadStartError
 
 if TYPE_CHECKING:
-    from ._hub import Hub
+    from ._hubfile import HubCore
 
 __all__ = ["Watcher"]
 
@@ -36,7 +36,7 @@ _ERROR_PAUSE = 0.1
 class Watcher:
     """The thread, its wake-up pipe and what it has reported."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: HubCore) -> None:
         self.hub = hub
         self.wake_r: Optional[int] = None  # the wake-up pipe (made when the thread may start)
         self.wake_w: Optional[int] = None

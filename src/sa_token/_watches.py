@@ -27,7 +27,7 @@ from ._inotify import (
 )
 
 if TYPE_CHECKING:
-    from ._hub import Hub, HubFile
+    from ._hubfile import HubCore, HubFile
 
 __all__ = ["Watches"]
 
@@ -35,7 +35,7 @@ __all__ = ["Watches"]
 class Watches:
     """Which directory is watched for which files, and the inotify instance behind them."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: HubCore) -> None:
         self.hub = hub
         self.dirs: dict[str, DirWatch] = {}
         self._reset()
@@ -129,7 +129,7 @@ class Watches:
                     if dw.wd is None and self._arm(dw):
                         files |= dw.files()
         self.hub._say()
-        _refresh_each(files)
+        self.hub.refresh_files(files)
 
     def start(self, wanted: bool) -> None:
         """In a forked child's first use: the instance (if any file wants it) and every watch."""
@@ -195,7 +195,7 @@ class Watches:
             ok = self.dirs.get(dw.directory) is dw and dw.wd is None and self._arm(dw)
             files = dw.files() if ok else set()
         self.hub._say()
-        _refresh_each(files)
+        self.hub.refresh_files(files)
 
     # ------------------------------------------------------------------ events --------------
     def changed_by(self, events: list[tuple[int, int, str]]) -> dict[HubFile, None]:
@@ -217,8 +217,3 @@ class Watches:
         return changed
 
 
-def _refresh_each(files: set[HubFile]) -> None:
-    from ._hub import _refresh  # the hub imports this module
-
-    for f in files:
-        _refresh(f)
