@@ -108,6 +108,10 @@ class Endpoint:
                 made.close()
         return ca.ssl_context()
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (a parent's thread may have held it at the fork)."""
+        self._lock = threading.Lock()
+
     def origin(self, url: str) -> bool:
         """Whether ``url`` is on this endpoint's scheme, host and port."""
         u = urlsplit(url)

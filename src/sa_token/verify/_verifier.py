@@ -315,6 +315,9 @@ class TokenVerifier:
 
 def _after_fork_in_child() -> None:
     for verifier in list(_LIVE):
+        for endpoint in (verifier._keys_at, verifier._api):
+            if endpoint is not None:
+                endpoint.after_fork()
         verifier._reset()
 
 
