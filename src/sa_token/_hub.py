@@ -67,11 +67,8 @@ class Hub:
         self._init()
         self.watcher.open()
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(
-                before=self._before_fork,
-                after_in_parent=self._after_fork_in_parent,
-                after_in_child=self._after_fork_in_child,
-            )
+            os.register_at_fork(before=self._before_fork, after_in_parent=self._after_fork_in_parent,
+                                after_in_child=self._after_fork_in_child)
 
     def _init(self) -> None:
         self.lock = OwnedLock()
@@ -270,8 +267,7 @@ class Hub:
 
     def refresh_files(self, files: set[HubFile]) -> None:
         """Re-read each file (on the hub's thread: what the watches found changed or re-armed)."""
-        for f in files:
-            _refresh(f)
+        _refresh_all(list(files))
 
     def _on_inotify(self, fd: int) -> None:
         events = _inotify.read_events(fd)
