@@ -80,10 +80,6 @@ class Flights:
             raise VerifierUnavailableError(f"the same check in another thread failed ({type(err).__name__})")
         return call.value
 
-    def busy(self, key: object) -> bool:
-        with self._lock:
-            return key in self._calls
-
 
 class Verdicts(Generic[T]):
     """Answers by keyed hash of the token, each with the time it stops being the answer and a

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from sa_token import _fmt
 
-__all__ = ["Identity", "from_claims", "from_review"]
+__all__ = ["Identity", "from_claims", "from_review", "utc"]
 
 _SA_PREFIX = "system:serviceaccount:"
 _EXTRA = "authentication.kubernetes.io/"
@@ -45,7 +45,8 @@ class Identity:
         return f"{self.username}{pod}"
 
 
-def _time(v: object) -> Optional[datetime]:
+def utc(v: object) -> Optional[datetime]:
+    """A claim's POSIX seconds as an aware UTC datetime; None for a non-number or one out of range."""
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         return None
     try:
@@ -84,8 +85,8 @@ def from_claims(claims: Mapping[str, Any], audiences: tuple[str, ...], method: s
         audiences=audiences,
         issuer=_fmt.text(claims["iss"], limit=600) if isinstance(claims.get("iss"), str) else None,
         jti=_fmt.text(claims["jti"], limit=200) if isinstance(claims.get("jti"), str) else None,
-        issued_at=_time(claims.get("iat")),
-        expires_at=_time(claims.get("exp")),
+        issued_at=utc(claims.get("iat")),
+        expires_at=utc(claims.get("exp")),
         method=method,
     )
 
@@ -118,7 +119,7 @@ def from_review(user: Mapping[str, Any], claims: Mapping[str, Any], audiences: t
         audiences=audiences,
         issuer=_fmt.text(claims["iss"], limit=600) if isinstance(claims.get("iss"), str) else None,
         jti=jti or (_fmt.text(claims["jti"], limit=200) if isinstance(claims.get("jti"), str) else None),
-        issued_at=_time(claims.get("iat")),
-        expires_at=_time(claims.get("exp")),
+        issued_at=utc(claims.get("iat")),
+        expires_at=utc(claims.get("exp")),
         method="tokenreview",
     )

@@ -106,7 +106,6 @@ class KeyCache:
         self._flights = Flights()
         self._state = _State(None, -float("inf"), 0, -float("inf"), None)
         self._refreshing = False  # a background refresh is starting or running
-        self.fetches = 0
 
     @property
     def generation(self) -> int:
@@ -159,7 +158,6 @@ class KeyCache:
         if kid_miss:
             with self._lock:
                 self._state = self._state._replace(kid_refetch_at=now)
-        self.fetches += 1
         try:
             doc, cache_control = self._fetch()
             by_kid, every = parse_jwks(doc)

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from sa_token import _fmt
 
+from ._identity import utc
 from .errors import (
     ExpiredJWTError,
     MalformedJWTError,
@@ -167,7 +168,7 @@ def check_times(parsed: Parsed, now: float, leeway: float) -> None:
         raise ExpiredJWTError(
             f"the token expired {_fmt.duration(now - exp)} ago ({_fmt.iso(exp)}), beyond the "
             f"{_fmt.duration(leeway)} leeway",
-            expires_at=_utc(exp),
+            expires_at=utc(exp),
         )
     for name in ("nbf", "iat"):
         start = parsed.claims.get(name)
@@ -195,12 +196,3 @@ def check_issuer(parsed: Parsed, issuer: str) -> None:
     if iss != issuer:
         shown = "none" if iss is None else repr(_fmt.text(iss, limit=120))
         raise UntrustedIssuerError(f"the token's issuer is {shown}, not {issuer!r}")
-
-
-def _utc(ts: float) -> Any:
-    from datetime import datetime, timezone
-
-    try:
-        return datetime.fromtimestamp(ts, tz=timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return None

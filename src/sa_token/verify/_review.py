@@ -44,7 +44,6 @@ class Reviewer:
     def __init__(self, endpoint: Endpoint, audiences: Sequence[str]) -> None:
         self.endpoint, self.audiences = endpoint, tuple(audiences)
         self._slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
-        self.reviews = 0
 
     def review(self, presented: Presented, parsed: Parsed) -> Identity:
         """The API server's verdict: an `Identity`, or `TokenRefusedError`; errors (unreachable,
@@ -52,7 +51,6 @@ class Reviewer:
         if not self._slots.acquire(timeout=self.endpoint.timeout):
             raise VerifierUnavailableError(f"{MAX_IN_FLIGHT} TokenReviews are in flight already")
         try:
-            self.reviews += 1
             response = self.endpoint.request(
                 "POST", REVIEW_PATH, "TokenReview", lambda: _body(presented, self.audiences)
             )

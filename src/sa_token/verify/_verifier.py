@@ -10,7 +10,6 @@ the token is held by a `Presented` (whose ``repr`` hides it), never by a local s
 from __future__ import annotations
 
 import copy
-import math
 import os
 import weakref
 from collections.abc import Iterable, Mapping
@@ -21,7 +20,7 @@ from sa_token import _clock, _observe
 from sa_token._ca import CABundle
 from sa_token._hub import at_fork_in_child
 from sa_token._incluster import not_in_cluster_reason, service_url
-from sa_token._source import TokenSource, require_source
+from sa_token._source import TokenSource, _seconds, require_source
 from sa_token.errors import ConfigurationError
 
 from ._cache import Flights, Verdicts
@@ -52,15 +51,6 @@ def _audiences(audience: Union[str, Iterable[str]]) -> tuple[str, ...]:
     if not auds or not all(isinstance(a, str) and a for a in auds):
         raise ValueError(f"audience must be a non-empty string or a sequence of them, not {audience!r}")
     return auds
-
-
-def _seconds(name: str, value: float, *, zero: bool) -> float:
-    low_ok = isinstance(value, (int, float)) and (value >= 0 if zero else value > 0)
-    if not (low_ok and value < math.inf):
-        raise ValueError(
-            f"{name} must be a finite number of seconds {'>= 0' if zero else '> 0'}, not {value!r}"
-        )
-    return float(value)
 
 
 def _api_server(given: Optional[str], environ: Optional[Mapping[str, str]]) -> str:
@@ -257,7 +247,7 @@ class TokenVerifier:
         parsed = parse(presented)
         check_times(parsed, now, self.leeway)
         matched = matched_audiences(parsed, self.audiences)
-        check_issuer(parsed, self._discovery.issuer or self._discovery.issuer_for(now, io))
+        check_issuer(parsed, self._discovery.issuer_for(now, io))
         if self._keys is not None:
             return self._by_signature(parsed, matched, digest, now, io)
         if not io:
