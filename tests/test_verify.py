@@ -502,3 +502,20 @@ def test_at_most_16_reviews_are_in_flight(c: Cluster) -> None:
     assert len(c.server.reviews) == 40
     assert 8 <= c.server.max_reviews_in_flight <= 16  # in parallel, never more than 16 (TLS set-up blurs the top)
     assert time.monotonic() - t0 >= 0.85  # 40 reviews of 0.3 s, at most 16 at a time: three waves
+
+
+def test_without_pyjwt_jwks_fails_at_construction_with_the_install_hint() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['jwt'] = None\n"
+        "from sa_token.verify import TokenVerifier\n"
+        "TokenVerifier(audience='a', method='tokenreview', api_server='https://127.0.0.1:1')\n"
+        "try:\n"
+        "    TokenVerifier(audience='a', api_server='https://127.0.0.1:1')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "pip install 'sa-token[verify]'" in out.stdout, out.stderr

@@ -110,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         return _refused(out, args, exc.reason, str(exc), code)
     except (TokenError, ConfigurationError) as exc:
         return _refused(out, args, exc.reason, describe(exc, None), EXIT_FILE)
+    except ImportError as exc:  # --method jwks without pyjwt: the install hint, no traceback
+        return _refused(out, args, "missing-dependency", str(exc), EXIT_FILE)
     finally:
         if verifier is not None:
             verifier.close()

@@ -138,6 +138,8 @@ class TokenVerifier:
         self.audiences = _audiences(audience)
         if method not in METHODS:
             raise ValueError(f"method must be 'jwks' or 'tokenreview', not {method!r}")
+        if method == "jwks":
+            _algorithm("RS256")  # pyjwt and cryptography, or the install hint now, not at the first token
         self.method, self._clock = method, clock
         self.leeway, seconds = _seconds("leeway", leeway, zero=True), _seconds("timeout", timeout, zero=False)
         source = require_source(source, "TokenVerifier(source=...)")
