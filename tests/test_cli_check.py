@@ -160,6 +160,28 @@ def test_bad_durations_are_refused(text: str, capsys: pytest.CaptureFixture[str]
     assert "not a duration" in capsys.readouterr().err
 
 
+def test_durations_with_units_read_as_the_pattern_says() -> None:
+    """`check` reads ``1h30m`` by hand (no regular expression on a probe's path): it sums
+    exactly what ``(\\d+(\\.\\d+)?[smhd])+`` matches, ASCII digits, and refuses the rest."""
+    import re
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    def by_pattern(text: str) -> Optional[float]:
+        if not re.fullmatch(r"(?:[0-9]+(?:\.[0-9]+)?[smhd])+", text):
+            return None
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        return sum(float(n) * units[u] for n, u in re.findall(r"([0-9]+(?:\.[0-9]+)?)([smhd])", text))
+
+    @settings(max_examples=1000, deadline=None)
+    @given(st.text(alphabet="0123456789.smhdx -\u0661", max_size=10))
+    def agree(text: str) -> None:
+        assert check._with_units(text) == by_pattern(text), repr(text)
+
+    agree()
+
+
 # ----------------------------------------------------------------------- agreement --------
 @pytest.mark.parametrize(
     ("mint", "audience"),
@@ -283,3 +305,66 @@ def test_the_console_script_as_a_probe_runs_it(kubelet: Kubelet, projected_volum
         check=False,
     )
     assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.startswith("sa-token: expiring: ")
+
+
+# ------------------------------------------------------------ the probe's own argument reader
+_WORDS = [
+    "/p", "/q", "a=b", "", "-", "--", "-h", "--help", "--json", "--json=1", "--audience", "--audience=",
+    "--audience=v=w", "--aud", "vault", "-x", "--min-remaining", "--min-remaining=10m", "--min", "10m",
+    "1h30m", "90", "-5", "bad", "0", "inf", "--version", "check",
+]  # fmt: skip
+
+
+def test_the_probe_reads_its_arguments_as_argparse_does() -> None:
+    """`check.probe_args` (no argparse on an exec probe's path) gives argparse's answer for
+    every word list it accepts, and leaves the rest (help, abbreviations, mistakes) to argparse.
+    Broken on purpose (a second PATH taken as the path, an unknown option ignored), it fails."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    def argparse_says(words: list[str]) -> Optional[dict[str, Any]]:
+        try:
+            parsed = vars(build_parser(["check"]).parse_args(["check", *words]))
+        except SystemExit:
+            return None
+        return {k: v for k, v in parsed.items() if k != "command"}
+
+    @settings(max_examples=600, deadline=None)
+    @given(st.lists(st.sampled_from(_WORDS), max_size=5))
+    def agree(words: list[str]) -> None:
+        ours = check.probe_args(words)
+        if ours is not None:
+            assert vars(ours) == argparse_says(words), words
+
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        agree()
+    # The forms a probe uses are read without argparse.
+    for words in ([], ["/p"], ["/p", "--audience", "vault", "--min-remaining", "10m"], ["--json", "--audience=v"]):
+        assert check.probe_args(words) is not None, words
+
+
+_PROBE_IMPORTS = """
+import re, sys  # what the console script pip writes imports before sa-token
+before = set(sys.modules)
+sys.argv = ["sa-token", "check", sys.argv[1], "--audience", "%s", "--min-remaining", "1m"]
+from sa_token.cli import main
+code = main()
+print(code, sorted(n for n in set(sys.modules) - before if not n.startswith(("sa_token", "encodings"))))
+"""
+
+
+def test_a_probe_loads_no_more_than_it_needs(kubelet: Kubelet, projected_volume: ProjectedVolume) -> None:
+    """`sa-token check` as an exec probe loads no argparse (nor its gettext and locale), no
+    json package, no math, logging or typing: the modules it needs and no others."""
+    code = _PROBE_IMPORTS % AUD
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(projected_volume.token_path)], capture_output=True, text=True, check=True
+    ).stdout
+    rc, _, loaded = out.splitlines()[-1].partition(" ")
+    assert rc == "0", out
+    import ast
+
+    assert set(ast.literal_eval(loaded)) <= {"__future__", "_json", "binascii", "collections.abc", "errno"}, loaded

@@ -103,3 +103,67 @@ def test_errors_pickle_and_keep_their_fields() -> None:
 def test_token_value_is_not_in_repr() -> None:
     t = Token(value="secret.secret.secret", claims={"sub": "s"})
     assert "secret" not in repr(t) and "secret" not in str(t)
+
+
+# ------------------------------------------------- the JSON decoder (json's own C scanner) ---
+def _loads_or_error(loads: object, text: str) -> object:
+    try:
+        return ("ok", loads(text))  # type: ignore[operator]
+    except (ValueError, RecursionError) as exc:
+        return ("error", type(exc).__name__ == "RecursionError")
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, NaN included (json.dumps of the results: NaN != NaN)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_the_json_decoder_answers_as_json_loads() -> None:
+    """`_token` decodes with json's C scanner (no `json` import on the exec probe's path): for
+    JSON documents of every kind, with whitespace around them, and for arbitrary text, it
+    returns what ``json.loads`` returns or fails where it fails. Broken on purpose (trailing
+    data accepted: no ``end`` check), the text cases fail."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from sa_token._token import _json_value
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+    values = st.recursive(scalars, lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner), max_leaves=20)
+    space = st.text(alphabet=" \t\n\r\x0b\x0c\u00a0", max_size=3)
+
+    @settings(max_examples=400, deadline=None)
+    @given(values, space, space)
+    def documents(value: object, before: str, after: str) -> None:
+        text = before + json.dumps(value) + after
+        ours, theirs = _loads_or_error(_json_value, text), _loads_or_error(json.loads, text)
+        assert _same(ours, theirs), text
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.text(alphabet='{}[]",:0123456789.eE+-tfrnulsaNIy \t\n\\/u\x00', max_size=24))
+    def texts(text: str) -> None:
+        ours, theirs = _loads_or_error(_json_value, text), _loads_or_error(json.loads, text)
+        assert _same(ours, theirs), repr(text)
+
+    documents()
+    texts()
+    for text in ("", " ", "{} {}", '{"a": 1} x', "[" * 100_000, "1" * 5000):
+        assert _same(_loads_or_error(_json_value, text), _loads_or_error(json.loads, text)), text[:20]
+
+
+def test_without_the_c_scanner_json_loads_decodes() -> None:
+    """Where the interpreter has no ``_json`` (PyPy), the decoder is ``json.loads`` itself."""
+    import sys
+
+    from sa_token._token import _json_loader
+
+    saved = sys.modules.get("_json")
+    sys.modules["_json"] = None  # type: ignore[assignment]
+    try:
+        loads = _json_loader()
+    finally:
+        if saved is not None:
+            sys.modules["_json"] = saved
+        else:
+            del sys.modules["_json"]
+    assert loads is json.loads

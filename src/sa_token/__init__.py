@@ -17,8 +17,6 @@ pays for what it uses, not for the watcher, the CA follower and their standard l
 
 from __future__ import annotations
 
-from ._version import __version__
-
 TYPE_CHECKING = False  # not typing's: importing typing would cost more than the rest of this file
 if TYPE_CHECKING:  # what the names below are, for type checkers and documentation tools
     from typing import Any
@@ -26,6 +24,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers and documentati
     from ._ca import CABundle, CAFileError
     from ._source import DEFAULT_TOKEN_PATH, TokenSource, TokenStatus
     from ._token import Token
+    from ._version import __version__
     from .errors import (
         AudienceMismatchError,
         ConfigurationError,
@@ -48,6 +47,7 @@ _LAZY = {
     "TokenSource": "_source",
     "TokenStatus": "_source",
     "Token": "_token",
+    "__version__": "_version",  # lazy too: `sa-token check` never shows it
     **dict.fromkeys(
         (
             "AudienceMismatchError",

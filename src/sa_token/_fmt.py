@@ -10,7 +10,6 @@ token, nor drive a terminal, nor reorder or split what a person reads, nor fail 
 
 from __future__ import annotations
 
-import math
 import re
 import time
 
@@ -40,15 +39,28 @@ MAX_SHOWN_PATH = 256
 #   ("Trojan Source", CVE-2021-42574);
 # * the line and paragraph separators U+2028/U+2029 (U+0085 is a C1 character): a log line
 #   that a reader splits in two.
-_CONTROL = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
+# Compiled at first use (``re``'s own cache): printable ASCII, what nearly every path and claim
+# is, never needs it, and compiling it is a few percent of an exec probe.
+_CONTROL = "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
 # A compact JWS: a base64url JSON header (always starts with '{"', base64 'eyJ'), payload and
 # signature. Used to refuse showing a token that was passed where a path belongs.
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# Compiled at first use too: a text without "eyJ" cannot hold one.
+_JWT = r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
 # The range a datetime holds (years 1 to 9999), in POSIX seconds: the times `iso` shows.
 _FIRST_INSTANT = -62135596800.0
 _PAST_LAST_INSTANT = 253402300800.0
+# Not math's: the math module is a shared library, and the modules on an exec probe's path
+# (`sa-token check`) need only these two tests of it.
+_INF = float("inf")
+
+
+def finite(x: float) -> bool:
+    """``math.isfinite(x)``: not infinite and not NaN (NaN compares false with everything)."""
+    return -_INF < x < _INF
+
+
+def _nan(x: float) -> bool:
+    return x != x  # noqa: PLR0124  # NaN is the one float unequal to itself
 
 
 def _ts(value: Instant) -> Optional[float]:
@@ -63,7 +75,7 @@ def iso(value: Instant) -> Optional[str]:
     ts = _ts(value)
     if ts is None:
         return None
-    if math.isnan(ts):
+    if _nan(ts):
         return "invalid time"
     if not _FIRST_INSTANT <= ts < _PAST_LAST_INSTANT:
         return "far future" if ts > 0 else "far past"
@@ -74,10 +86,10 @@ def iso(value: Instant) -> Optional[str]:
 def duration(seconds: float) -> str:
     """A short, unsigned duration: ``4.5s``, ``45s``, ``41m``, ``1h59m``, ``3d4h``; ``forever``
     for an infinite one and ``over 1000 years`` for one that only a garbage claim produces."""
-    if math.isnan(seconds):
+    if _nan(seconds):
         return "an unknown time"
     s = abs(seconds)
-    if not math.isfinite(s):
+    if not finite(s):
         return "forever"
     if s >= 1000 * 365.25 * 86400:
         return "over 1000 years"
@@ -96,11 +108,11 @@ def exact_duration(seconds: float) -> str:
     """A duration to the second, never rounded up: ``9m55s``, ``1h02m03s``, ``4.5s``; for
     figures set against a threshold (``sa-token check --min-remaining``), where `duration`'s
     rounding (595 s is ``10m``) would contradict the verdict."""
-    if not math.isfinite(seconds):
+    if not finite(seconds):
         return duration(seconds)
     s = abs(seconds)
     if s < 10:
-        return f"{math.floor(s * 10) / 10:.1f}s".replace(".0s", "s")
+        return f"{(s * 10) // 1 / 10:.1f}s".replace(".0s", "s")
     whole = int(s)
     h, rest = divmod(whole, 3600)
     m, sec = divmod(rest, 60)
@@ -128,7 +140,9 @@ def text(value: object, *, limit: Optional[int] = None) -> str:
     ``<a token>``, control, lone surrogate, bidi and line-separator characters escaped
     (``\\x1b``, ``\\ud800``, ``\\u202e`` stay visible as text), and cut to ``limit``
     characters. For anything a token, a file or a server supplied: claims, error texts, names."""
-    shown = _CONTROL.sub(_escape, redact(str(value)))
+    shown = redact(str(value))
+    if not (shown.isascii() and shown.isprintable()):  # ASCII printable: U+0020 to U+007E
+        shown = re.sub(_CONTROL, _escape, shown)
     if limit is not None and len(shown) > limit:
         shown = shown[: max(0, limit - 5)] + "[...]"
     return shown
@@ -137,12 +151,16 @@ def text(value: object, *, limit: Optional[int] = None) -> str:
 def redact(value: str) -> str:
     """``value`` with every run that looks like a JWT replaced by ``<a token>``: a last guard
     for text shown to people that a library or a file supplied (log messages, error texts)."""
-    return _JWT.sub("<a token>", value)
+    return re.sub(_JWT, "<a token>", value) if "eyJ" in value else value
 
 
 def looks_like_jwt(value: object) -> bool:
     """Whether ``value`` (a path, or any part of it) looks like a JWT rather than a file name."""
-    return isinstance(value, str) and any(_JWT.fullmatch(part.strip()) for part in value.split("/"))
+    return (
+        isinstance(value, str)
+        and "eyJ" in value
+        and any(re.fullmatch(_JWT, part.strip()) for part in value.split("/"))
+    )
 
 
 def path(value: object) -> str:

@@ -7,10 +7,7 @@ the shape of the claims, so a garbled file is refused with a clear error instead
 
 from __future__ import annotations
 
-import base64
 import binascii
-import json
-import math
 import re
 from collections.abc import Mapping
 from functools import cached_property
@@ -21,10 +18,11 @@ from .errors import MalformedTokenError
 
 TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import datetime, timedelta
     from typing import Any, Optional
 
-__all__ = ["Token", "parse_token"]
+__all__ = ["Token", "b64url", "json_object", "parse_token"]
 
 # The kubelet rotates a projected token once 80% of its lifetime has passed
 # (token_manager.go requiresRefresh: exp - 20% of expirationSeconds)...
@@ -178,7 +176,7 @@ class Token:
     @cached_property
     def _exp_ts(self) -> float:
         exp = self.claims.get("exp")
-        return math.inf if exp is None else float(exp)
+        return float("inf") if exp is None else float(exp)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Token):
@@ -317,23 +315,79 @@ def _kubernetes_problem(claims: dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _segment_bytes(segment: str, what: str, where: str, path: Optional[str]) -> bytes:
-    if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
-        raise MalformedTokenError(f"{where}not a valid JWT: the {what} is not base64url", path=path)
+def b64url(segment: str) -> Optional[bytes]:
+    """The bytes of one base64url segment of a compact JWS (RFC 7515 section 2: the url-safe
+    alphabet, no padding), or None when it is not one. Returns, never raises: the caller
+    raises its own error, outside any ``except`` (no chained frame keeps the segment)."""
+    if len(segment) % 4 == 1 or not _SEGMENT.fullmatch(segment):
+        return None
+    try:  # binascii, not base64: the module costs an exec probe a few percent
+        return binascii.a2b_base64(segment.replace("-", "+").replace("_", "/") + "=" * (-len(segment) % 4))
+    except binascii.Error:
+        return None
+
+
+def json_object(raw: Optional[bytes]) -> Optional[dict[str, Any]]:
+    """``raw`` (UTF-8, RFC 7519 section 7.2) decoded as a JSON object, or None (not UTF-8, not
+    JSON, not an object, nothing given)."""
+    if raw is None:
+        return None
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise MalformedTokenError(f"{where}not a valid JWT: the {what} is not base64url", path=path) from None
+        value = _json_value(raw.decode("utf-8"))
+    # RecursionError: deeply nested arrays; ValueError: bad JSON, bad UTF-8, huge integers.
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class _LoadsDefaults:
+    """What json's C scanner reads of a ``JSONDecoder``: the settings of a plain ``json.loads``."""
+
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int = float, int
+    parse_constant = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}.__getitem__
+
+
+def _json_loader() -> Callable[[str], object]:
+    """``json.loads``, run with json's own C scanner (the one ``json.loads`` runs) where the
+    interpreter has it: importing the ``json`` package compiles seven regular expressions, a
+    quarter of the CPU an exec probe (`sa-token check`) spends in sa-token. Elsewhere (PyPy),
+    ``json.loads`` itself. `tests/test_token.py` holds the two to the same answers."""
+    try:
+        from _json import make_scanner
+    except ImportError:  # not CPython
+        import json
+
+        return json.loads
+    scan = make_scanner(_LoadsDefaults())  # type: ignore[arg-type]  # it reads those attributes only
+
+    def loads(text: str) -> object:
+        body = text.strip(" \t\n\r")  # the whitespace json.loads skips around the value
+        try:
+            value, end = scan(body, 0)
+        except StopIteration:  # no value at all
+            value, end = None, -1
+        if end != len(body):
+            raise ValueError("not one JSON value")
+        return value
+
+    return loads
+
+
+_json_value = _json_loader()
+
+
+def _segment_bytes(segment: str, what: str, where: str, path: Optional[str]) -> bytes:
+    raw = b64url(segment)
+    if raw is None:
+        raise MalformedTokenError(f"{where}not a valid JWT: the {what} is not base64url", path=path)
+    return raw
 
 
 def _segment_json(segment: str, what: str, where: str, path: Optional[str]) -> dict[str, Any]:
-    raw = _segment_bytes(segment, what, where, path)
-    try:
-        obj = json.loads(raw)
-    # RecursionError: deeply nested arrays; ValueError: bad JSON, bad UTF-8, huge integers.
-    except (ValueError, RecursionError):
-        obj = None
-    if not isinstance(obj, dict):
+    obj = json_object(_segment_bytes(segment, what, where, path))
+    if obj is None:
         raise MalformedTokenError(f"{where}not a valid JWT: the {what} is not a JSON object", path=path)
     return obj
 

@@ -6,8 +6,6 @@ read and by the CLI's `inspect`, `watch` and `check`, so that they cannot disagr
 
 from __future__ import annotations
 
-import math
-
 from . import _fmt
 from ._token import Token
 from .errors import (
@@ -104,7 +102,7 @@ def binding_error(tok: Token, expect: Expectations, path: Optional[str]) -> Opti
 
 def valid_from(tok: Token, leeway: float) -> float:
     """The first instant the token may be used: its ``nbf`` and ``iat``, less the leeway."""
-    start = -math.inf
+    start = float("-inf")
     for claim in ("nbf", "iat"):
         t = tok.claims.get(claim)
         if t is not None:

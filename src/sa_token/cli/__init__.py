@@ -20,18 +20,17 @@ a new command is one more module and one more name in `COMMANDS`. All output goe
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from sa_token import _log
-from sa_token._version import __version__
 from sa_token.errors import MalformedTokenError, TokenError, TokenFileError
 
 from ._output import EXIT_FILE, EXIT_INVALID, EXIT_OK, fail
 
 TYPE_CHECKING = False  # not typing's: `sa-token check` runs as an exec probe every few seconds
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Sequence
     from types import TracebackType
     from typing import Any, Optional
@@ -47,22 +46,26 @@ COMMANDS = ("inspect", "watch", "check", "verify", "demo")
 def _commands(argv: Optional[Sequence[str]]) -> list[Command]:
     """The command modules to load: the one named (a probe loads `check` alone, not the watch's
     or the demo's dependencies), or every one for the top-level help."""
-    import importlib
-
     words = sys.argv[1:] if argv is None else argv
     named = next((w for w in words if not w.startswith("-")), None)
     names = (named,) if named in COMMANDS else COMMANDS
-    return [importlib.import_module(f"{__name__}.{name}") for name in names]
+    return [_command(name) for name in names]
 
 
-class _Formatter(argparse.HelpFormatter):
+def _command(name: str) -> Command:
+    """The module of command ``name`` (``__import__``: importlib's package costs a probe too)."""
+    module: Command = __import__(f"{__name__}.{name}", fromlist=["run"])
+    return module
+
+
+def _formatter(prog: str, **options: Any) -> argparse.HelpFormatter:
     """argparse's formatter, told the terminal's width: left to find it, it imports ``shutil``
     (and with it bz2, lzma...), a tenth of an exec probe's start-up."""
+    import argparse
 
-    def __init__(self, prog: str, **options: Any) -> None:
-        if options.get("width") is None:
-            options["width"] = _columns() - 2
-        super().__init__(prog, **options)
+    if options.get("width") is None:
+        options["width"] = _columns() - 2
+    return argparse.HelpFormatter(prog, **options)
 
 
 def _columns() -> int:
@@ -82,9 +85,14 @@ def _columns() -> int:
 
 
 def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The parser of the commands ``argv`` names (all of them when it names none)."""
+    import argparse  # not at import: `sa-token check` reads its plain arguments without it
+
+    from sa_token._version import __version__
+
     parser = argparse.ArgumentParser(
         prog="sa-token",
-        formatter_class=_Formatter,
+        formatter_class=_formatter,
         description="Inspect and watch projected Kubernetes ServiceAccount tokens, or run a local demo.",
         epilog="Exit codes: 0 valid, 1 invalid or expired, 2 file error or malformed. "
         "The token itself is never printed.",
@@ -94,7 +102,7 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     sub.required = True
     for command in _commands(argv):
         p = sub.add_parser(
-            command.NAME, help=command.HELP, description=command.DESCRIPTION, formatter_class=_Formatter
+            command.NAME, help=command.HELP, description=command.DESCRIPTION, formatter_class=_formatter
         )
         command.add_arguments(p)
         p.set_defaults(run=command.run)
@@ -107,7 +115,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     The library's warnings (the ``sa_token`` logger) are shown on stderr while it runs, one
     escaped line each, unless the command shows them itself (`watch`, `demo`).
     """
-    args = build_parser(argv).parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = _probe_args(words) or build_parser(argv).parse_args(argv)
     with _StderrLogs():
         try:
             code: int = args.run(args)
@@ -121,6 +130,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 pass
             return EXIT_OK
     return code
+
+
+def _probe_args(words: Sequence[str]) -> Optional[Any]:
+    """``sa-token check``'s plain arguments read without argparse: it runs as an exec probe."""
+    if not words or words[0] != "check":
+        return None
+    from .check import probe_args
+
+    return probe_args(words[1:])
 
 
 class _StderrLogs:

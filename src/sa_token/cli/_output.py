@@ -13,7 +13,6 @@ JSON keeps claims exact: ``json.dumps`` escapes control characters itself (``\\u
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -142,7 +141,7 @@ class Output:
 
 def _strict(value: Any) -> Any:
     """``value`` with mappings made dicts and non-finite floats (a claim of ``1e999``) strings."""
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, float) and not _fmt.finite(value):
         return str(value)
     if isinstance(value, Mapping):
         return {str(k): _strict(v) for k, v in value.items()}

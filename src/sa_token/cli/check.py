@@ -10,10 +10,8 @@ point) is still served by a source, but fails the check, so that the probe shows
 
 from __future__ import annotations
 
-import argparse
-import re
-
 from sa_token import _clock, _fmt, _read, _validity
+from sa_token._paths import DEFAULT_TOKEN_PATH
 from sa_token._token import Token
 from sa_token.errors import TokenError
 
@@ -22,9 +20,12 @@ from ._output import EXIT_FILE, EXIT_INVALID, EXIT_OK, Output, fail
 
 TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    import argparse
+    from collections.abc import Sequence
+    from types import SimpleNamespace
+    from typing import Any, Optional, Union
 
-__all__ = ["DESCRIPTION", "HELP", "NAME", "add_arguments", "evaluate", "parse_duration", "run"]
+__all__ = ["DESCRIPTION", "HELP", "NAME", "add_arguments", "evaluate", "parse_duration", "probe_args", "run"]
 
 NAME = "check"
 HELP = "one line and an exit code, for a readiness or liveness probe"
@@ -35,23 +36,89 @@ DESCRIPTION = (
 )
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhd])+")
 
 
 def parse_duration(text: str) -> float:
-    """``90s``, ``10m``, ``1h30m``, ``2d`` or a number of seconds, as seconds."""
+    """``90s``, ``10m``, ``1h30m``, ``1.5h``, ``2d`` or a number of seconds, as seconds."""
     value = text.strip()
     try:
         seconds = float(value)
     except ValueError:
-        if not _DURATION.fullmatch(value):
-            raise argparse.ArgumentTypeError(
-                f"not a duration: {_fmt.text(text)!r} (use 90s, 10m, 1h30m or seconds)"
-            ) from None
-        seconds = sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhd])", value))
+        summed = _with_units(value)
+        if summed is None:
+            raise _refused(f"not a duration: {_fmt.text(text)!r} (use 90s, 10m, 1h30m or seconds)") from None
+        seconds = summed
     if not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"not a duration: {_fmt.text(text)!r} (must be >= 0)")
+        raise _refused(f"not a duration: {_fmt.text(text)!r} (must be >= 0)")
     return seconds
+
+
+def _with_units(value: str) -> Optional[float]:
+    """``(\\d+(\\.\\d+)?[smhd])+`` (ASCII digits) summed, or None: read by hand, since a regular
+    expression compiled for a probe's ``10m`` would cost it more than the rest of its arguments."""
+    total, number = 0.0, ""
+    for ch in value:
+        if "0" <= ch <= "9" or (ch == "." and number.isdigit()):
+            number += ch
+        elif ch in _UNITS and number[-1:].isdigit():
+            total, number = total + float(number) * _UNITS[ch], ""
+        else:
+            return None
+    return total if value and not number else None
+
+
+def _refused(message: str) -> Exception:
+    import argparse  # only when refusing: argparse then reports it (a probe never loads argparse)
+
+    return argparse.ArgumentTypeError(message)
+
+
+# The options `probe_args` reads itself, each with whether it takes a value.
+_OPTIONS = {"--audience": True, "--min-remaining": True, "--json": False}
+
+
+def probe_args(words: Sequence[str]) -> Optional[SimpleNamespace]:
+    """The arguments after ``check`` as `build_parser` would parse them, read without argparse
+    (with its gettext and locale lookups, about a fifth of an exec probe's CPU), or None for
+    anything but the plain forms (``PATH``, ``--audience A``, ``--audience=A``,
+    ``--min-remaining D``, ``--json``): help, abbreviations and every mistake go to argparse,
+    which explains them. `tests/test_cli_check.py` holds the two to the same answers."""
+    from types import SimpleNamespace
+
+    path: Optional[str] = None
+    audience: Optional[str] = None
+    least, as_json = 0.0, False
+    rest = iter(words)
+    for word in rest:
+        name, eq, value = word.partition("=")
+        takes = _OPTIONS.get(name)
+        if not word.startswith("-"):
+            if path is not None:
+                return None
+            path = word
+        elif takes is None or (eq and not takes):
+            return None
+        elif not takes:
+            as_json = True
+        else:
+            if not eq:
+                value = next(rest, "-")
+                if value.startswith("-"):  # missing, or perhaps an option: argparse decides
+                    return None
+            if name == "--audience":
+                audience = value
+                continue
+            try:
+                least = parse_duration(value)  # each one, as argparse does
+            except Exception:  # argparse's ArgumentTypeError: argparse says it
+                return None
+    return SimpleNamespace(
+        path=DEFAULT_TOKEN_PATH if path is None else path,
+        audience=audience,
+        min_remaining=least,
+        json=as_json,
+        run=run,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Union[argparse.Namespace, SimpleNamespace]) -> int:
     out = Output()
     path: Optional[str] = None
     try:

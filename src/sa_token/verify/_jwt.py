@@ -8,15 +8,12 @@ local variable (error reporters print the locals of a traceback).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from sa_token import _fmt
+from sa_token._token import b64url, json_object
 
 from ._identity import utc
 from .errors import (
@@ -37,7 +34,6 @@ MAX_TOKEN_BYTES = 16 * 1024
 # external signers and cloud issuers: RSA-PSS too). `none` and the HMAC algorithms are refused
 # before any key is looked at: with a public key as an HMAC secret anyone could sign.
 ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class Presented:
@@ -89,23 +85,15 @@ class Parsed:
 # The errors below are raised outside the ``except`` blocks: a chained cause or context would
 # keep the frames that held the token's parts.
 def _decode(segment: str, what: str) -> bytes:
-    if _B64URL.fullmatch(segment):
-        try:
-            return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        except (binascii.Error, ValueError):
-            pass
-    raise MalformedJWTError(f"the token's {what} is not base64url")
+    raw = b64url(segment)
+    if raw is None:
+        raise MalformedJWTError(f"the token's {what} is not base64url")
+    return raw
 
 
 def _json(segment: str, what: str) -> dict[str, Any]:
-    raw = _decode(segment, what)
-    value: object = None
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        pass
-    del raw
-    if not isinstance(value, dict):
+    value = json_object(_decode(segment, what))
+    if value is None:
         raise MalformedJWTError(f"the token's {what} is not a JSON object")
     return value
 
