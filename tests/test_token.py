@@ -126,7 +126,7 @@ def test_the_json_decoder_answers_as_json_loads() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from sa_token._token import _json_value
+    from sa_token._jose import _json_value
 
     scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
     values = st.recursive(scalars, lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner), max_leaves=20)
@@ -155,7 +155,7 @@ def test_without_the_c_scanner_json_loads_decodes() -> None:
     """Where the interpreter has no ``_json`` (PyPy), the decoder is ``json.loads`` itself."""
     import sys
 
-    from sa_token._token import _json_loader
+    from sa_token._jose import _json_loader
 
     saved = sys.modules.get("_json")
     sys.modules["_json"] = None  # type: ignore[assignment]

@@ -9,7 +9,7 @@ import errno
 import os
 import re
 from collections.abc import Awaitable, Mapping
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Generic, Optional, TypeVar, Union
 
 from . import _fmt
 from ._ca import DEFAULT_CA_PATH, CABundle
@@ -27,9 +27,9 @@ __all__ = [
     "SERVICE_HOST_ENV",
     "SERVICE_PORT_ENV",
     "InCluster",
+    "Loader",
     "TokenHook",
     "asend",
-    "configure",
     "join_host_port",
     "not_in_cluster_reason",
     "read_namespace",
@@ -48,6 +48,7 @@ NAMESPACE_NEXT_TO_TOKEN = "<next to the token>"
 # The header the Kubernetes REST clients carry the token in (their auth settings' key).
 _AUTHORIZATION = "authorization"
 R = TypeVar("R")
+C = TypeVar("C")  # a client library's Configuration
 # A namespace name is a DNS-1123 label: at most 63 lowercase alphanumerics or '-'.
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # The namespace file holds one short name; anything larger is not a namespace file.
@@ -160,21 +161,69 @@ def read_namespace(path: Union[str, os.PathLike[str]] = DEFAULT_NAMESPACE_PATH) 
     return name
 
 
-def configure(configuration: Any, make: Callable[[], Any], found: InCluster, hook: TokenHook) -> Any:
-    """What every ``load_incluster_config`` does to its client's ``Configuration`` (``make()``
-    one when ``configuration`` is None): the API
-    server, the CA file, the namespace, and ``hook`` as the ``refresh_api_key_hook`` (its first
-    token written now: ``auth_settings()`` only looks for keys that exist). Returns it."""
-    if configuration is None:
-        configuration = make()
-    configuration.host = found.host
-    configuration.ssl_ca_cert = found.ca.path
-    configuration.namespace = found.namespace
-    for key in hook.keys:
-        configuration.api_key_prefix.pop(key, None)  # the value carries "Bearer " itself
-    hook._set(configuration, hook.header())
-    configuration.refresh_api_key_hook = hook
-    return configuration
+class Loader(Generic[C]):
+    """``load_incluster_config(configuration=None, *, token_path=, ca_path=, namespace_path=,
+    source=, ca=, set_default=, environ=)``: configure a Kubernetes client for the pod's
+    cluster (the options are `__call__`'s). ``sa_token.kubernetes``, ``.aio`` and ``.asyncio``
+    each make one: the options, the checks and the steps are written once, here; a client
+    differs by its ``Configuration``, its hook (sync, or reading in a worker thread), the
+    ``api_key`` keys it reads and what installing the configuration as the default means."""
+
+    def __init__(
+        self, make: Callable[[], C], *, hook: type[TokenHook], keys: tuple[str, ...], client: str,
+        not_in_cluster: type[Exception], install: Callable[[C], None],
+    ) -> None:
+        self._make, self._hook, self._keys, self._client = make, hook, keys, client
+        self._not_in_cluster, self._install = not_in_cluster, install
+
+    def __call__(
+        self,
+        configuration: Optional[C] = None,
+        *,
+        token_path: Union[str, os.PathLike[str]] = DEFAULT_TOKEN_PATH,
+        ca_path: Union[str, os.PathLike[str]] = DEFAULT_CA_PATH,
+        namespace_path: Union[str, os.PathLike[str], None] = NAMESPACE_NEXT_TO_TOKEN,
+        source: Optional[TokenSource] = None,
+        ca: Optional[CABundle] = None,
+        set_default: Optional[bool] = None,
+        environ: Optional[Mapping[str, str]] = None,
+    ) -> C:
+        """Configure the client for the API server of the pod's cluster; returns the configuration.
+
+        * ``configuration``: fill this one (default: a new ``Configuration``).
+        * ``token_path``/``ca_path``: the ServiceAccount token and CA bundle (the kube-api-access
+          paths by default). Or pass your own ``source`` (a [`TokenSource`][sa_token.TokenSource],
+          e.g. with an audience) and ``ca`` (a [`CABundle`][sa_token.CABundle]).
+        * ``namespace_path``: the pod's namespace file; its content becomes
+          ``configuration.namespace`` (None when the file does not exist; pass None to skip it).
+          Default: the ``namespace`` file next to the token (a projected volume that carries
+          one), else the kube-api-access volume's.
+        * ``set_default``: install the configuration as the client's default (see the client's
+          module: ``kubernetes`` also gets a default ``ApiClient``). Default: True when no
+          ``configuration`` was given (like the client's own loader).
+        * ``environ``: where to find ``KUBERNETES_SERVICE_HOST``/``_PORT`` (``os.environ``).
+
+        Synchronous (it reads the token and CA files once): call it at startup. Raises the
+        module's ``NotInClusterError`` outside a pod, and the `sa_token.errors` types for a
+        token or CA file that exists but cannot be used.
+        """
+        found = resolve(environ, token_path, ca_path, namespace_path, source, ca, self._not_in_cluster)
+        hook = self._hook(found.source, found.ca, self._keys, self._client)
+        made = self._make() if configuration is None else configuration
+        conf: Any = made
+        conf.host = found.host
+        conf.ssl_ca_cert = found.ca.path
+        conf.namespace = found.namespace
+        for key in hook.keys:
+            conf.api_key_prefix.pop(key, None)  # the value carries "Bearer " itself
+        hook._set(conf, hook.header())  # now: auth_settings() only looks for keys that exist
+        conf.refresh_api_key_hook = hook
+        if configuration is None if set_default is None else set_default:
+            self._install(made)
+        return made
+
+    def __repr__(self) -> str:
+        return f"<load_incluster_config for {self._client}>"
 
 
 class TokenHook:

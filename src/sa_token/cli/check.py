@@ -21,7 +21,7 @@ from ._output import EXIT_FILE, EXIT_INVALID, EXIT_OK, Output, fail
 TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from types import SimpleNamespace
     from typing import Any, Optional, Union
 
@@ -90,24 +90,20 @@ def probe_args(words: Sequence[str]) -> Optional[SimpleNamespace]:
     least, as_json = 0.0, False
     rest = iter(words)
     for word in rest:
-        name, eq, value = word.partition("=")
-        takes = _OPTIONS.get(name)
         if not word.startswith("-"):
             if path is not None:
                 return None
             path = word
-        elif takes is None or (eq and not takes):
+            continue
+        option = _option(word, rest)
+        if option is None:
             return None
-        elif not takes:
+        name, value = option
+        if name == "--audience":
+            audience = value
+        elif name == "--json":
             as_json = True
         else:
-            if not eq:
-                value = next(rest, "-")
-                if value.startswith("-"):  # missing, or perhaps an option: argparse decides
-                    return None
-            if name == "--audience":
-                audience = value
-                continue
             try:
                 least = parse_duration(value)  # each one, as argparse does
             except Exception:  # argparse's ArgumentTypeError: argparse says it
@@ -119,6 +115,20 @@ def probe_args(words: Sequence[str]) -> Optional[SimpleNamespace]:
         json=as_json,
         run=run,
     )
+
+
+def _option(word: str, rest: Iterator[str]) -> Optional[tuple[str, str]]:
+    """An option of `_OPTIONS` and its value (after ``=``, else the next word of ``rest``), or
+    None for anything argparse must read."""
+    name, eq, value = word.partition("=")
+    takes = _OPTIONS.get(name)
+    if takes is None or (eq and not takes):
+        return None
+    if takes and not eq:
+        value = next(rest, "-")
+        if value.startswith("-"):  # missing, or perhaps an option: argparse decides
+            return None
+    return name, value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 try:
     import kubernetes.client as _k8s_client
@@ -18,19 +16,15 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
         "sa_token.kubernetes needs the kubernetes package: pip install 'sa-token[kubernetes]'"
     ) from _exc
 
-from sa_token._ca import CABundle
 from sa_token._incluster import (
     DEFAULT_CA_PATH,
     DEFAULT_NAMESPACE_PATH,
     DEFAULT_TOKEN_PATH,
-    NAMESPACE_NEXT_TO_TOKEN,
+    Loader,
     TokenHook,
-    configure,
     read_namespace,
-    resolve,
     send,
 )
-from sa_token._source import TokenSource
 from sa_token._urllib3 import pool_context
 from sa_token.errors import TokenError
 
@@ -56,54 +50,27 @@ class NotInClusterError(TokenError, _ConfigException):
     so the usual ``except ConfigException: load_kube_config()`` fallback keeps working."""
 
 
-def load_incluster_config(
-    configuration: Optional[_k8s_client.Configuration] = None,
-    *,
-    token_path: Union[str, os.PathLike[str]] = DEFAULT_TOKEN_PATH,
-    ca_path: Union[str, os.PathLike[str]] = DEFAULT_CA_PATH,
-    namespace_path: Union[str, os.PathLike[str], None] = NAMESPACE_NEXT_TO_TOKEN,
-    source: Optional[TokenSource] = None,
-    ca: Optional[CABundle] = None,
-    set_default: Optional[bool] = None,
-    environ: Optional[Mapping[str, str]] = None,
-) -> _k8s_client.Configuration:
-    """Configure ``kubernetes`` for the API server of the pod's cluster; returns the configuration.
+def _install(configuration: _k8s_client.Configuration) -> None:
+    """``set_default``: the default ``Configuration``, and an `ApiClient` for it as the default
+    ``ApiClient`` (kubernetes >= 37), so that ``CoreV1Api()`` uses both."""
+    _k8s_client.Configuration.set_default(configuration)
+    api_client_class: Any = _k8s_client.ApiClient
+    if hasattr(api_client_class, "set_default"):  # kubernetes >= 37
+        api_client_class.set_default(ApiClient(configuration))
+    else:
+        log.warning(
+            "sa-token: kubernetes %s has no default ApiClient: CoreV1Api() builds a plain one, "
+            "which sends the rotating token but neither retries a 401 nor follows CA rotations; "
+            "pass sa_token.kubernetes.ApiClient() to the API classes for both",
+            getattr(_k8s_client, "__version__", "< 37"),
+        )
 
-    * ``configuration``: fill this one (default: a new ``Configuration``).
-    * ``token_path``/``ca_path``: the ServiceAccount token and CA bundle (the kube-api-access
-      paths by default).
-      Or pass your own ``source`` (a [`TokenSource`][sa_token.TokenSource], e.g. with an audience) and ``ca``
-      (a [`CABundle`][sa_token.CABundle]).
-    * ``namespace_path``: the pod's namespace file; its content becomes
-      ``configuration.namespace`` (None when the file does not exist; pass None to skip it).
-      Default: the ``namespace`` file next to the token (a projected volume that carries one),
-      else the kube-api-access volume's.
-    * ``set_default``: install the configuration as ``Configuration``'s default and an
-      [`ApiClient`][sa_token.kubernetes.ApiClient] for it as ``ApiClient``'s default, so that ``CoreV1Api()``
-      uses them. Default: True when no ``configuration`` was given (like the ``kubernetes`` loader).
-    * ``environ``: where to find ``KUBERNETES_SERVICE_HOST``/``_PORT`` (``os.environ``).
 
-    Raises [`NotInClusterError`][sa_token.kubernetes.NotInClusterError] outside a pod, and the
-    `sa_token.errors` types for a token or CA file that exists but cannot be used.
-    """
-    found = resolve(environ, token_path, ca_path, namespace_path, source, ca, NotInClusterError)
-    if set_default is None:
-        set_default = configuration is None
-    hook = TokenHook(found.source, found.ca, _KEYS, "kubernetes")
-    configuration = configure(configuration, _k8s_client.Configuration, found, hook)
-    if set_default:
-        _k8s_client.Configuration.set_default(configuration)
-        api_client_class: Any = _k8s_client.ApiClient
-        if hasattr(api_client_class, "set_default"):  # kubernetes >= 37
-            api_client_class.set_default(ApiClient(configuration))
-        else:
-            log.warning(
-                "sa-token: kubernetes %s has no default ApiClient: CoreV1Api() builds a plain one, "
-                "which sends the rotating token but neither retries a 401 nor follows CA rotations; "
-                "pass sa_token.kubernetes.ApiClient() to the API classes for both",
-                getattr(_k8s_client, "__version__", "< 37"),
-            )
-    return configuration
+# Configure ``kubernetes`` for the pod's cluster (`sa_token._incluster.Loader` has the options).
+load_incluster_config = Loader(
+    _k8s_client.Configuration, hook=TokenHook, keys=_KEYS, client="kubernetes",
+    not_in_cluster=NotInClusterError, install=_install,
+)
 
 
 class ApiClient(_k8s_client.ApiClient):

@@ -29,9 +29,7 @@ Needs the ``kubernetes`` extra: ``pip install 'sa-token[kubernetes]'``.
 from __future__ import annotations
 
 import copy
-import os
-from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 try:
     import kubernetes.aio.client as _aio_client
@@ -44,17 +42,13 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
         "pip install 'sa-token[kubernetes]'"
     ) from _exc
 
-from sa_token._ca import CABundle
 from sa_token._incluster import (
     DEFAULT_CA_PATH,
     DEFAULT_NAMESPACE_PATH,
     DEFAULT_TOKEN_PATH,
-    NAMESPACE_NEXT_TO_TOKEN,
-    configure,
+    Loader,
     read_namespace,
-    resolve,
 )
-from sa_token._source import TokenSource
 from sa_token.errors import TokenError
 from sa_token.kubernetes._async import AsyncApiClient, AsyncTokenHook
 
@@ -76,30 +70,13 @@ class NotInClusterError(TokenError, _ConfigException):
     ``kubernetes.aio.config.ConfigException``."""
 
 
-def load_incluster_config(
-    configuration: Optional[_aio_client.Configuration] = None,
-    *,
-    token_path: Union[str, os.PathLike[str]] = DEFAULT_TOKEN_PATH,
-    ca_path: Union[str, os.PathLike[str]] = DEFAULT_CA_PATH,
-    namespace_path: Union[str, os.PathLike[str], None] = NAMESPACE_NEXT_TO_TOKEN,
-    source: Optional[TokenSource] = None,
-    ca: Optional[CABundle] = None,
-    set_default: Optional[bool] = None,
-    environ: Optional[Mapping[str, str]] = None,
-) -> _aio_client.Configuration:
-    """Configure ``kubernetes.aio`` for the pod's cluster; returns the configuration.
-
-    Options as [`sa_token.kubernetes.load_incluster_config()`][sa_token.kubernetes.load_incluster_config].
-    Synchronous (it reads the token and CA files once); call it at startup, before the event loop is busy.
-    """
-    found = resolve(environ, token_path, ca_path, namespace_path, source, ca, NotInClusterError)
-    if set_default is None:
-        set_default = configuration is None
-    hook = AsyncTokenHook(found.source, found.ca, _KEYS, "kubernetes.aio")
-    configuration = configure(configuration, _aio_client.Configuration, found, hook)
-    if set_default:
-        _aio_client.Configuration.set_default(configuration)
-    return configuration
+# Configure ``kubernetes.aio`` for the pod's cluster (`sa_token._incluster.Loader` has the options);
+# ``set_default`` installs only the ``Configuration`` default: an ``ApiClient`` holds an aiohttp
+# session bound to one event loop.
+load_incluster_config = Loader(
+    _aio_client.Configuration, hook=AsyncTokenHook, keys=_KEYS, client="kubernetes.aio",
+    not_in_cluster=NotInClusterError, install=_aio_client.Configuration.set_default,
+)
 
 
 class ApiClient(AsyncApiClient, _aio_client.ApiClient):

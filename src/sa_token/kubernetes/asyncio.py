@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import ssl
-from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 try:
     import kubernetes_asyncio.client as _client
@@ -49,17 +47,13 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
     ) from _exc
 
 from sa_token import _fmt
-from sa_token._ca import CABundle
 from sa_token._incluster import (
     DEFAULT_CA_PATH,
     DEFAULT_NAMESPACE_PATH,
     DEFAULT_TOKEN_PATH,
-    NAMESPACE_NEXT_TO_TOKEN,
-    configure,
+    Loader,
     read_namespace,
-    resolve,
 )
-from sa_token._source import TokenSource
 from sa_token.errors import TokenError
 from sa_token.kubernetes._async import AsyncApiClient, AsyncTokenHook
 
@@ -84,30 +78,13 @@ class NotInClusterError(TokenError, _ConfigException):
     ``kubernetes_asyncio.config.ConfigException``."""
 
 
-def load_incluster_config(
-    configuration: Optional[_client.Configuration] = None,
-    *,
-    token_path: Union[str, os.PathLike[str]] = DEFAULT_TOKEN_PATH,
-    ca_path: Union[str, os.PathLike[str]] = DEFAULT_CA_PATH,
-    namespace_path: Union[str, os.PathLike[str], None] = NAMESPACE_NEXT_TO_TOKEN,
-    source: Optional[TokenSource] = None,
-    ca: Optional[CABundle] = None,
-    set_default: Optional[bool] = None,
-    environ: Optional[Mapping[str, str]] = None,
-) -> _client.Configuration:
-    """Configure ``kubernetes_asyncio`` for the pod's cluster; returns the configuration.
-
-    Options as [`sa_token.kubernetes.load_incluster_config()`][sa_token.kubernetes.load_incluster_config]
-    (``set_default`` installs only the ``Configuration`` default). Synchronous: call it at startup.
-    """
-    found = resolve(environ, token_path, ca_path, namespace_path, source, ca, NotInClusterError)
-    if set_default is None:
-        set_default = configuration is None
-    hook = AsyncTokenHook(found.source, found.ca, _KEYS, "kubernetes_asyncio")
-    configuration = configure(configuration, _client.Configuration, found, hook)
-    if set_default:
-        _client.Configuration.set_default(configuration)
-    return configuration
+# Configure ``kubernetes_asyncio`` for the pod's cluster (`sa_token._incluster.Loader` has the options);
+# ``set_default`` installs only the ``Configuration`` default: an ``ApiClient`` holds an aiohttp
+# session bound to one event loop.
+load_incluster_config = Loader(
+    _client.Configuration, hook=AsyncTokenHook, keys=_KEYS, client="kubernetes_asyncio",
+    not_in_cluster=NotInClusterError, install=_client.Configuration.set_default,
+)
 
 
 class ApiClient(AsyncApiClient, _client.ApiClient):

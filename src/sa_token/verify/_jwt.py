@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from sa_token import _fmt
-from sa_token._token import b64url, json_object
+from sa_token._jose import b64url, json_object
 
 from ._identity import utc
 from .errors import (
