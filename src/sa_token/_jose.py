@@ -6,7 +6,6 @@ it is on `sa-token check`'s path (an exec probe)."""
 from __future__ import annotations
 
 import binascii
-import re
 
 TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
 if TYPE_CHECKING:
@@ -15,18 +14,24 @@ if TYPE_CHECKING:
 
 __all__ = ["b64url", "json_object"]
 
-# A base64url segment of a compact JWS (RFC 7515 section 2: no padding, no other characters).
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
+# The base64url alphabet (RFC 7515 section 2: no padding, no other characters), and its two
+# letters that differ from standard base64's. Byte tables, not a regular expression: compiling
+# one costs `sa-token check` (an exec probe) about 0.5% of its start-up.
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 
 
 def b64url(segment: str) -> Optional[bytes]:
     """The bytes of one base64url segment of a compact JWS (RFC 7515 section 2: the url-safe
     alphabet, no padding), or None when it is not one. Returns, never raises: the caller
     raises its own error, outside any ``except`` (no chained frame keeps the segment)."""
-    if len(segment) % 4 == 1 or not _SEGMENT.fullmatch(segment):
+    if len(segment) % 4 == 1 or not segment.isascii():
+        return None
+    raw = segment.encode("ascii")
+    if raw.translate(None, _ALPHABET):  # what is left is outside the alphabet
         return None
     try:  # binascii, not base64: the module costs an exec probe a few percent
-        return binascii.a2b_base64(segment.replace("-", "+").replace("_", "/") + "=" * (-len(segment) % 4))
+        return binascii.a2b_base64(raw.translate(_TO_STANDARD) + b"=" * (-len(raw) % 4))
     except binascii.Error:
         return None
 

@@ -7,7 +7,6 @@ the shape of the claims, so a garbled file is refused with a clear error instead
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import cached_property
 from types import MappingProxyType
 
@@ -17,6 +16,7 @@ from .errors import MalformedTokenError
 
 TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from datetime import datetime, timedelta
     from typing import Any, Optional
 
@@ -27,6 +27,17 @@ __all__ = ["Token", "parse_token"]
 ROTATION_FRACTION = 0.8
 # ...or once it is older than 24 h (maxTTL), whatever its lifetime.
 MAX_ROTATION_AGE = 24 * 3600.0
+
+
+
+def _mapping(value: object) -> Optional[Mapping[str, Any]]:
+    """``value`` if it is a mapping, else None. What JSON gives (a dict, or no claim) is
+    answered without importing ``collections.abc``, which `sa-token check` does not load."""
+    if value is None or isinstance(value, dict):
+        return value
+    from collections.abc import Mapping
+
+    return value if isinstance(value, Mapping) else None
 
 
 class Token:
@@ -100,7 +111,7 @@ class Token:
     @cached_property
     def _k8s(self) -> Mapping[str, Any]:
         k8s = self.claims.get("kubernetes.io")
-        return k8s if isinstance(k8s, Mapping) else {}
+        return _mapping(k8s) or {}
 
     @property
     def namespace(self) -> Optional[str]:
@@ -122,8 +133,8 @@ class Token:
         return self._named("node", None)
 
     def _named(self, key: str, legacy: Optional[str]) -> Optional[str]:
-        obj = self._k8s.get(key)
-        name = obj.get("name") if isinstance(obj, Mapping) else None
+        obj = _mapping(self._k8s.get(key))
+        name = None if obj is None else obj.get("name")
         if name is None and legacy is not None:
             name = self.claims.get(legacy)
         return name if isinstance(name, str) else None

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
 
 from sa_token import _fmt
 
 TYPE_CHECKING = False  # not typing's: this module is on `sa-token check`'s path (an exec probe)
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
     from typing import Any, Optional, TextIO, Union
 
 __all__ = [
@@ -141,6 +141,8 @@ class Output:
 
 def _strict(value: Any) -> Any:
     """``value`` with mappings made dicts and non-finite floats (a claim of ``1e999``) strings."""
+    from collections.abc import Mapping  # here: `sa-token check` prints no JSON
+
     if isinstance(value, float) and not _fmt.finite(value):
         return str(value)
     if isinstance(value, Mapping):
