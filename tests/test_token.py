@@ -120,7 +120,7 @@ def _same(a: object, b: object) -> bool:
 
 
 def test_the_json_decoder_answers_as_json_loads() -> None:
-    """`_token` decodes with json's C scanner (no `json` import on the exec probe's path): for
+    """`_jose` decodes with json's C scanner (no `json` import on the exec probe's path): for
     JSON documents of every kind, with whitespace around them, and for arbitrary text, it
     returns what ``json.loads`` returns or fails where it fails. Broken on purpose (trailing
     data accepted: no ``end`` check), the text cases fail."""
@@ -155,7 +155,6 @@ def test_the_json_decoder_answers_as_json_loads() -> None:
 def _b64url_reference(segment: str) -> Optional[bytes]:
     """RFC 7515 section 2 base64url with the standard library's parts: the url-safe alphabet
     only, no padding, a length that is not 1 mod 4, decoded by ``base64.urlsafe_b64decode``."""
-    import base64
     import re
 
     if len(segment) % 4 == 1 or not re.fullmatch(r"[A-Za-z0-9_-]*", segment):

@@ -29,7 +29,6 @@ ROTATION_FRACTION = 0.8
 MAX_ROTATION_AGE = 24 * 3600.0
 
 
-
 def _mapping(value: object) -> Optional[Mapping[str, Any]]:
     """``value`` if it is a mapping, else None. What JSON gives (a dict, or no claim) is
     answered without importing ``collections.abc``, which `sa-token check` does not load."""
